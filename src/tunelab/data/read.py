@@ -1,0 +1,321 @@
+"""Read data files into rows of one of the kinds of DESIGN.md, checking every row.
+
+    rows = read_dataset("train.jsonl", kind="pairs")      # raises DataError listing what is wrong
+    rows, problems = check_dataset("train.jsonl", "pairs")  # every problem, for `tunelab data check`
+
+Formats: JSONL (.jsonl/.ndjson), JSON (a list of objects), Parquet, CSV, or a hub dataset name
+(only when online). JSONL and CSV are parsed here rather than by `datasets` so that a problem can be
+reported with its exact line; Parquet is streamed by row group with pyarrow.
+Accepted aliases are normalised: `input`/`output` and alpaca `instruction`/`input`/`output` become
+`prompt`/`completion`; sharegpt `conversations` with `from`/`value` become `messages`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError, Problem, TunelabError
+
+Row = dict[str, Any]
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
+WINNERS = {"model_a", "model_b", "tie", "tie (bothbad)"}
+
+
+class RowError(Exception):
+    """One field of one row is wrong; turned into a Problem with the file and line."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# ---------------------------------------------------------------- field helpers
+
+def _text(row: Row, field: str, *, allow_empty: bool = False) -> str:
+    if field not in row or row[field] is None:
+        raise RowError(field, f"missing (expected text); the row has {sorted(row) or 'no fields'}")
+    value = row[field]
+    if not isinstance(value, str):
+        raise RowError(field, f"expected text, got {type(value).__name__} ({_short(value)})")
+    if not allow_empty and not value.strip():
+        raise RowError(field, "is empty")
+    return value
+
+
+def _number(row: Row, field: str, default: float, *, min_value: float | None = None) -> float:
+    value = row.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowError(field, f"expected a number, got {type(value).__name__} ({_short(value)})")
+    if min_value is not None and value < min_value:
+        raise RowError(field, f"must be >= {min_value}, got {value}")
+    return float(value)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _messages(value: Any, field: str) -> list[dict[str, str]]:
+    """Validate a list of {role, content} (or sharegpt {from, value}) turns."""
+    if isinstance(value, str):  # CSV cells hold chats as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(field, "expected a list of {role, content} turns, got text") from None
+    if not isinstance(value, list) or not value:
+        raise RowError(field, f"expected a non-empty list of {{role, content}} turns, got {_short(value)}")
+    turns = []
+    for i, turn in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            raise RowError(where, f"expected {{role, content}}, got {type(turn).__name__}")
+        if "from" in turn and "role" not in turn:  # sharegpt
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if role is None:
+                raise RowError(f"{where}.from", f"unknown speaker {turn['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+            content = turn.get("value")
+        else:
+            role, content = turn.get("role"), turn.get("content")
+            if role not in ROLES:
+                raise RowError(f"{where}.role", f"expected one of {sorted(ROLES)}, got {_short(role)}")
+        if not isinstance(content, str):
+            raise RowError(f"{where}.content", f"expected text, got {type(content).__name__}")
+        turns.append({"role": role, "content": content})
+    return turns
+
+
+def _prompt_or_chat(row: Row, field: str) -> str | list[dict[str, str]]:
+    value = row.get(field)
+    if isinstance(value, list):
+        return _messages(value, field)
+    return _text(row, field)
+
+
+# ---------------------------------------------------------------- one function per kind
+
+def _text_kind(row: Row) -> Row:
+    return {"text": _text(row, "text")}
+
+
+def _pairs_kind(row: Row) -> Row:
+    if "instruction" in row:  # alpaca: instruction + optional input -> prompt
+        prompt = _text(row, "instruction")
+        extra = row.get("input")
+        if extra not in (None, ""):
+            prompt = f"{prompt}\n\n{_text(row, 'input')}"
+        completion = _text(row, "output")
+    elif "prompt" in row or "completion" in row:
+        prompt, completion = _text(row, "prompt"), _text(row, "completion")
+    elif "input" in row or "output" in row:
+        prompt, completion = _text(row, "input"), _text(row, "output")
+    else:
+        raise RowError("prompt", f"missing: a pair needs prompt + completion (or input + output); the row has {sorted(row)}")
+    out: Row = {"prompt": prompt, "completion": completion}
+    if row.get("system") is not None:
+        out["system"] = _text(row, "system")
+    return out
+
+
+def _chat_kind(row: Row) -> Row:
+    field = "messages" if "messages" in row or "conversations" not in row else "conversations"
+    if field not in row:
+        raise RowError("messages", f"missing (expected a list of {{role, content}} turns); the row has {sorted(row)}")
+    messages = _messages(row[field], field)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError(field, "has no assistant turn, so there is nothing to learn")
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise RowError(f"{field}[{i}].content", "assistant turn is empty")
+    return {"messages": messages}
+
+
+def _preference_kind(row: Row) -> Row:
+    out: Row = {
+        "prompt": _prompt_or_chat(row, "prompt") if row.get("prompt") not in (None, "") else "",
+        "chosen": _prompt_or_chat(row, "chosen"),
+        "rejected": _prompt_or_chat(row, "rejected"),
+        "margin": _number(row, "margin", 0.0),
+        "weight": _number(row, "weight", 1.0, min_value=0.0),
+    }
+    if out["chosen"] == out["rejected"]:
+        raise RowError("rejected", "is the same as chosen, so the pair teaches nothing")
+    return out
+
+
+def _prompts_kind(row: Row) -> Row:
+    out: Row = {"prompt": _prompt_or_chat(row, "prompt")}
+    for field in ("answer", "reference"):
+        if row.get(field) is not None:
+            out[field] = row[field]
+    return out
+
+
+def _judgments_kind(row: Row) -> Row:
+    out = {"model_a": _text(row, "model_a"), "model_b": _text(row, "model_b"), "winner": _text(row, "winner")}
+    if out["winner"] not in WINNERS:
+        raise RowError("winner", f"expected one of {sorted(WINNERS)}, got {out['winner']!r}")
+    for field in ("judge", "prompt"):
+        if row.get(field) is not None:
+            out[field] = row[field]
+    return out
+
+
+KINDS: dict[str, Callable[[Row], Row]] = {
+    "text": _text_kind,
+    "pairs": _pairs_kind,
+    "chat": _chat_kind,
+    "preference": _preference_kind,
+    "prompts": _prompts_kind,
+    "judgments": _judgments_kind,
+}
+
+
+def normalise(kind: str, row: Row) -> Row:
+    """Validate one row and return it in the kind's canonical fields (raises RowError)."""
+    return KINDS[check_kind(kind)](row)
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise TunelabError(f"Unknown data kind '{kind}'. Choose one of: {', '.join(KINDS)}.")
+    return kind
+
+
+# ---------------------------------------------------------------- files -> raw records
+
+Record = tuple[int, "Row | Problem"]
+
+
+def _jsonl_records(path: Path) -> Iterator[Record]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, Problem(str(path), lineno, None, f"is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start+1]!r}); re-save the file as UTF-8")
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, Problem(str(path), lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield lineno, Problem(str(path), lineno, None, f"expected a JSON object, got {type(value).__name__}")
+                continue
+            yield lineno, value
+
+
+def _json_records(path: Path) -> Iterator[Record]:
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        yield 0, Problem(str(path), None, None, f"is not UTF-8 (at byte {exc.start}); re-save the file as UTF-8")
+        return
+    except json.JSONDecodeError as exc:
+        yield 0, Problem(str(path), exc.lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno}); for one object per line use .jsonl")
+        return
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+        value = next(iter(value.values()))  # {"data": [...]}
+    if not isinstance(value, list):
+        yield 0, Problem(str(path), None, None, "expected a JSON list of row objects")
+        return
+    for i, item in enumerate(value, 1):
+        yield i, item if isinstance(item, dict) else Problem(str(path), i, None, f"row {i} is {type(item).__name__}, expected an object")
+
+
+def _csv_records(path: Path) -> Iterator[Record]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        yield line, Problem(str(path), line, None, "is not UTF-8; re-save the file as UTF-8")
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+
+
+def _parquet_records(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        yield 0, Problem(str(path), None, None, f"is not a readable Parquet file ({exc})")
+        return
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024):  # streams: one row group slice at a time
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _hub_records(name: str) -> Iterator[Record]:
+    if os.environ.get("HF_HUB_OFFLINE", "1") == "1" and os.environ.get("TUNELAB_ONLINE") != "1":
+        raise DataError([Problem(name, None, None, "is not a file, and hub datasets need the network")],
+                        hint="pass a local JSONL/JSON/Parquet/CSV file, or set TUNELAB_ONLINE=1 to fetch from the hub")
+    import datasets
+
+    name, _, split = name.partition(":")
+    for i, row in enumerate(datasets.load_dataset(name, split=split or "train", streaming=True), 1):
+        yield i, dict(row)
+
+
+READERS = {".jsonl": _jsonl_records, ".ndjson": _jsonl_records, ".json": _json_records,
+           ".csv": _csv_records, ".parquet": _parquet_records, ".pq": _parquet_records}
+
+
+def records(path: str | Path) -> Iterator[Record]:
+    """Raw records of a file, as (line or row number, dict | Problem); file problems raise DataError."""
+    p = Path(path)
+    if not p.exists():
+        if "/" in str(path) and not p.suffix and not str(path).startswith((".", "/")):
+            yield from _hub_records(str(path))
+            return
+        raise DataError([Problem(str(p), None, None, "does not exist")], hint="check the path (relative paths start from the current folder)")
+    if p.is_dir():
+        raise DataError([Problem(str(p), None, None, "is a folder, expected a data file")])
+    if p.stat().st_size == 0:
+        raise DataError([Problem(str(p), None, None, "is empty (0 bytes, no rows)")])
+    reader = READERS.get(p.suffix.lower(), _jsonl_records)  # unknown suffix: try one JSON object per line
+    yield from reader(p)
+
+
+def check_dataset(path: str | Path, kind: str) -> tuple[list[Row], list[Problem]]:
+    """Every valid row (normalised) and every problem found; nothing is raised for bad rows."""
+    check_kind(kind)
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for line, record in records(path):
+        if isinstance(record, Problem):
+            problems.append(record)
+            continue
+        try:
+            rows.append(normalise(kind, record))
+        except RowError as err:
+            problems.append(Problem(str(path), line, err.field, err.message))
+    if not rows and not problems:
+        problems.append(Problem(str(path), None, None, "has no rows (only blank lines)"))
+    return rows, problems
+
+
+def read_dataset(path: str | Path, kind: str) -> list[Row]:
+    """All rows of `path` as the given kind; any bad row stops here, before compute is spent."""
+    rows, problems = check_dataset(path, kind)
+    if problems:
+        raise DataError(problems, n_ok=len(rows), hint=f"run `tunelab data check {path} --kind {kind}` to see every problem")
+    return rows

@@ -1,0 +1,51 @@
+"""Batched generation for trying a model by hand and for evaluation.
+
+    texts = generate(model, tok, ["What is 2+2?"], max_new_tokens=64)   # chat template applied if any
+
+Prompts are left-padded so every row's next token sits in the last column; sampling is greedy at
+temperature 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.data.render import RenderOptions, prompt_text
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tok,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    opts: RenderOptions | None = None,
+    seed: int | None = 0,
+) -> list[str]:
+    """Completions of `prompts`, rendered as in training (chat template, or prompt + separator)."""
+    opts = opts or RenderOptions()
+    texts = [prompt_text(tok, p, opts) for p in prompts]
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampling = temperature > 0
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=None,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    new_tokens = out[:, enc["input_ids"].shape[1]:]  # (B, new)
+    return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]

@@ -1,0 +1,87 @@
+"""The config sections every training stage shares, and the stage configs built from them.
+
+Keys mean the same in every stage (../shared/DESIGN.md): `model`, `adapter`, `lora.*`, `prompt.*`,
+`data.*`, `train.*`, `seed`, `out`, `resume`, `distributed`. Every field carries its help text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tunelab.config import Section
+
+Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, description="rank of the low-rank pair A (r x in), B (out x r)")
+    alpha: float = Field(32, gt=0, description="scale: the update is (alpha / r) * B @ A")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    targets: list[str] | Literal["all-linear", "auto"] = Field(
+        "auto", description="module names to adapt; 'auto' = attention q/k/v/o for the architecture"
+    )
+
+
+class PromptSection(Section):
+    tokens: int = Field(20, ge=1, description="number of virtual tokens (prompt and prefix tuning)")
+    init_text: str | None = Field(None, description="initialise the virtual tokens from this text's embeddings")
+
+
+class DataSection(Section):
+    train: str | None = Field(None, description="training data: a JSONL/JSON/Parquet/CSV file")
+    eval: str | None = Field(None, description="held-out data; if unset, eval_split of train is held out")
+    eval_split: float = Field(0.0, ge=0, lt=1, description="share of train held out when data.eval is unset")
+    separator: str = Field(
+        "\n### Answer:\n", description="between prompt and completion for models without a chat template"
+    )
+    instruction: str | None = Field(None, description="a fixed instruction put before every input")
+    system: str | None = Field(None, description="system message for chat-template models")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="rows longer than train.max_len: cut the completion's tail, or drop the row"
+    )
+    pack: bool = Field(False, description="pack several rows into one sequence (no attention across rows)")
+
+
+class TrainSection(Section):
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    batch_size: int = Field(8, ge=1, description="rows per micro-batch on each process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (never on norms/biases)")
+    warmup: float = Field(0.03, ge=0, description="warm-up: a share of total steps (<1) or a step count")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr after warm-up")
+    max_grad_norm: float | None = Field(1.0, description="clip gradients to this global norm; null = off")
+    max_len: int = Field(1024, ge=8, description="longest sequence in tokens")
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints to keep")
+    eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
+    log_every: int = Field(1, ge=1, description="log metrics every N steps")
+
+
+class StageConfig(Section):
+    """Keys common to every training stage."""
+
+    model: str = Field("smollm2-135m", description="model: smollm2-135m, tiny:llama, an HF dir, a .gguf file")
+    adapter: Adapter = Field("none", description="none (full fine-tuning) | lora | dora | prompt | prefix")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA / DoRA options")
+    prompt: PromptSection = Field(default_factory=PromptSection, description="prompt / prefix tuning options")
+    data: DataSection = Field(default_factory=DataSection, description="where the data is and how to render it")
+    train: TrainSection = Field(default_factory=TrainSection, description="the training loop")
+    seed: int = Field(0, description="seed for weights of new parameters, data order and sampling")
+    out: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
+    resume: str = Field("auto", description="auto (newest complete checkpoint in out) | never | PATH")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field("none", description="multi-process engine")
+
+
+class PretrainConfig(StageConfig):
+    adapter: Adapter = Field("none", description="pre-training trains the whole model")
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(lr=3e-4, weight_decay=0.1), description="the training loop"
+    )
+
+
+class SFTConfig(StageConfig):
+    pass
