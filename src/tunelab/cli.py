@@ -37,8 +37,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     model, tok = load_model(args.model, adapter=args.adapter)
     opts = RenderOptions(separator=args.separator, system=args.system)
-    (text,) = generate(model, tok, [args.prompt], max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_p=args.top_p, opts=opts, seed=args.seed)
+    (text,) = generate(
+        model,
+        tok,
+        [args.prompt],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        opts=opts,
+        seed=args.seed,
+    )
     print(text)
     return 0
 
@@ -71,32 +79,55 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tunelab", description="tunelab: tune LLMs, and find the cheapest way that is good enough.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="tunelab",
+        description="tunelab: tune LLMs, and find the cheapest way that is good enough.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="try a model or adapter by hand: print its answer to a prompt")
-    gen.add_argument("model", help="model reference (smollm2-135m, tiny:llama, HF folder, .gguf, adapter folder)")
+    gen.add_argument(
+        "model", help="model reference (smollm2-135m, tiny:llama, HF folder, .gguf, adapter folder)"
+    )
     gen.add_argument("prompt", help="the prompt; the chat template is applied when the model has one")
     gen.add_argument("--adapter", help="a PEFT adapter folder to put on the model")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling")
     gen.add_argument("--system", help="system message (chat models)")
-    gen.add_argument("--separator", default="\n### Answer:\n", help="prompt/answer separator for models without a chat template")
+    gen.add_argument(
+        "--separator",
+        default="\n### Answer:\n",
+        help="prompt/answer separator for models without a chat template",
+    )
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.set_defaults(func=cmd_generate)
 
     data = sub.add_parser("data", help="validate and inspect data: data check|stats PATH... --kind KIND")
-    data.add_argument("action", choices=["check", "stats"], help="check: every problem, then a summary; stats: summary only")
+    data.add_argument(
+        "action", choices=["check", "stats"], help="check: every problem, then a summary; stats: summary only"
+    )
     data.add_argument("paths", nargs="+", metavar="PATH", help="JSONL / JSON / Parquet / CSV files")
     data.add_argument("--kind", required=True, help="text | pairs | chat | preference | prompts | judgments")
-    data.add_argument("--model", default="smollm2-135m", help="tokenizer to count and render with ('none' = characters only)")
+    data.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="tokenizer to count and render with ('none' = characters only)",
+    )
     data.add_argument("--max-len", type=int, default=1024, help="longest sequence in tokens (default 1024)")
-    data.add_argument("--overlong", choices=["truncate", "drop"], default="truncate", help="what training does with longer rows")
-    data.add_argument("--separator", default="\n### Answer:\n", help="prompt/completion separator for models without a chat template")
+    data.add_argument(
+        "--overlong",
+        choices=["truncate", "drop"],
+        default="truncate",
+        help="what training does with longer rows",
+    )
+    data.add_argument(
+        "--separator",
+        default="\n### Answer:\n",
+        help="prompt/completion separator for models without a chat template",
+    )
     data.set_defaults(func=cmd_data)
 
     doctor = sub.add_parser("doctor", help="versions, the embedded model, known-bad combinations")

@@ -47,5 +47,5 @@ def generate(
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    new_tokens = out[:, enc["input_ids"].shape[1]:]  # (B, new)
+    new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, new)
     return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]

@@ -26,7 +26,9 @@ class LoraSection(Section):
 
 class PromptSection(Section):
     tokens: int = Field(20, ge=1, description="number of virtual tokens (prompt and prefix tuning)")
-    init_text: str | None = Field(None, description="initialise the virtual tokens from this text's embeddings")
+    init_text: str | None = Field(
+        None, description="initialise the virtual tokens from this text's embeddings"
+    )
 
 
 class DataSection(Section):
@@ -68,12 +70,16 @@ class StageConfig(Section):
     adapter: Adapter = Field("none", description="none (full fine-tuning) | lora | dora | prompt | prefix")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA / DoRA options")
     prompt: PromptSection = Field(default_factory=PromptSection, description="prompt / prefix tuning options")
-    data: DataSection = Field(default_factory=DataSection, description="where the data is and how to render it")
+    data: DataSection = Field(
+        default_factory=DataSection, description="where the data is and how to render it"
+    )
     train: TrainSection = Field(default_factory=TrainSection, description="the training loop")
     seed: int = Field(0, description="seed for weights of new parameters, data order and sampling")
     out: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     resume: str = Field("auto", description="auto (newest complete checkpoint in out) | never | PATH")
-    distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field("none", description="multi-process engine")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
+        "none", description="multi-process engine"
+    )
 
 
 class PretrainConfig(StageConfig):

@@ -31,7 +31,11 @@ class LMBatch:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
     def model_inputs(self) -> dict[str, Tensor]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
 
 
 @dataclass
@@ -53,7 +57,9 @@ def pack(items: list[Tokenized], max_len: int) -> list[Packed]:
     for item in items:
         n = len(item.input_ids)
         if n > max_len:
-            raise ValueError(f"a row of {n} tokens is longer than max_len={max_len}; fit lengths before packing")
+            raise ValueError(
+                f"a row of {n} tokens is longer than max_len={max_len}; fit lengths before packing"
+            )
         if len(cur.input_ids) + n > max_len:
             out.append(cur)
             cur = Packed([], [], [])

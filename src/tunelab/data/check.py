@@ -25,7 +25,9 @@ class DataReport:
     kind: str
     n_rows: int
     problems: list[Problem]
-    lengths: list[int] = field(default_factory=list)  # tokens per rendered row (or characters without a model)
+    lengths: list[int] = field(
+        default_factory=list
+    )  # tokens per rendered row (or characters without a model)
     unit: str = "characters"
     trained_tokens: int = 0
     n_dropped: int = 0
@@ -68,8 +70,14 @@ def marked(tok, item: Tokenized) -> str:
     return "".join(out)
 
 
-def build_report(path: str, kind: str, tok=None, max_len: int = 1024, overlong: str = "truncate",
-                 opts: RenderOptions | None = None) -> DataReport:
+def build_report(
+    path: str,
+    kind: str,
+    tok=None,
+    max_len: int = 1024,
+    overlong: str = "truncate",
+    opts: RenderOptions | None = None,
+) -> DataReport:
     opts = opts or RenderOptions()
     rows, problems = check_dataset(path, kind)
     report = DataReport(path, kind, len(rows), problems)
@@ -101,11 +109,15 @@ def histogram(lengths: list[int], bins: int = 8, width: int = 40) -> list[str]:
     lines = []
     for b in range(-(-(hi - lo + 1) // step)):
         c = counts.get(b, 0)
-        lines.append(f"{lo + b * step:>7}-{lo + (b + 1) * step - 1:<7} {'#' * max(c and 1, round(width * c / top)):<{width}} {c}")
+        lines.append(
+            f"{lo + b * step:>7}-{lo + (b + 1) * step - 1:<7} {'#' * max(c and 1, round(width * c / top)):<{width}} {c}"
+        )
     return lines
 
 
-def print_report(report: DataReport, console: Console, max_len: int, overlong: str, show_problems: bool = True) -> None:
+def print_report(
+    report: DataReport, console: Console, max_len: int, overlong: str, show_problems: bool = True
+) -> None:
     if show_problems and report.problems:
         console.print(f"[bold red]{len(report.problems)} problem(s) in {report.path}:[/bold red]")
         for p in report.problems:
@@ -116,11 +128,17 @@ def print_report(report: DataReport, console: Console, max_len: int, overlong: s
     table.add_row("rows with problems", str(len({(p.line) for p in report.problems if p.line is not None})))
     if report.lengths:
         n = len(report.lengths)
-        table.add_row(report.unit, f"{sum(report.lengths)} total, mean {sum(report.lengths) / n:.0f}, max {max(report.lengths)}")
+        table.add_row(
+            report.unit,
+            f"{sum(report.lengths)} total, mean {sum(report.lengths) / n:.0f}, max {max(report.lengths)}",
+        )
     if report.unit == "tokens" and report.kind in ("text", "pairs", "chat"):
         table.add_row("trained tokens", str(report.trained_tokens))
         over = sum(n > max_len for n in report.lengths)
-        table.add_row(f"rows over max_len={max_len}", f"{over} ({overlong}: {report.n_dropped} dropped, {report.n_truncated} truncated)")
+        table.add_row(
+            f"rows over max_len={max_len}",
+            f"{over} ({overlong}: {report.n_dropped} dropped, {report.n_truncated} truncated)",
+        )
     console.print(table)
     if report.lengths:
         console.print(f"length histogram ({report.unit} per row):")

@@ -24,8 +24,16 @@ from tunelab.errors import DataError, Problem, TunelabError
 
 Row = dict[str, Any]
 ROLES = {"system", "user", "assistant", "tool"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function_call": "assistant",
+    "observation": "tool",
+}
 WINNERS = {"model_a", "model_b", "tie", "tie (bothbad)"}
 
 
@@ -39,6 +47,7 @@ class RowError(Exception):
 
 
 # ---------------------------------------------------------------- field helpers
+
 
 def _text(row: Row, field: str, *, allow_empty: bool = False) -> str:
     if field not in row or row[field] is None:
@@ -84,7 +93,10 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
         if "from" in turn and "role" not in turn:  # sharegpt
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
-                raise RowError(f"{where}.from", f"unknown speaker {turn['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+                raise RowError(
+                    f"{where}.from",
+                    f"unknown speaker {turn['from']!r}; expected one of {sorted(SHAREGPT_ROLES)}",
+                )
             content = turn.get("value")
         else:
             role, content = turn.get("role"), turn.get("content")
@@ -105,6 +117,7 @@ def _prompt_or_chat(row: Row, field: str) -> str | list[dict[str, str]]:
 
 # ---------------------------------------------------------------- one function per kind
 
+
 def _text_kind(row: Row) -> Row:
     return {"text": _text(row, "text")}
 
@@ -121,7 +134,10 @@ def _pairs_kind(row: Row) -> Row:
     elif "input" in row or "output" in row:
         prompt, completion = _text(row, "input"), _text(row, "output")
     else:
-        raise RowError("prompt", f"missing: a pair needs prompt + completion (or input + output); the row has {sorted(row)}")
+        raise RowError(
+            "prompt",
+            f"missing: a pair needs prompt + completion (or input + output); the row has {sorted(row)}",
+        )
     out: Row = {"prompt": prompt, "completion": completion}
     if row.get("system") is not None:
         out["system"] = _text(row, "system")
@@ -131,7 +147,9 @@ def _pairs_kind(row: Row) -> Row:
 def _chat_kind(row: Row) -> Row:
     field = "messages" if "messages" in row or "conversations" not in row else "conversations"
     if field not in row:
-        raise RowError("messages", f"missing (expected a list of {{role, content}} turns); the row has {sorted(row)}")
+        raise RowError(
+            "messages", f"missing (expected a list of {{role, content}} turns); the row has {sorted(row)}"
+        )
     messages = _messages(row[field], field)
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError(field, "has no assistant turn, so there is nothing to learn")
@@ -204,17 +222,31 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield lineno, Problem(str(path), lineno, None, f"is not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start+1]!r}); re-save the file as UTF-8")
+                yield (
+                    lineno,
+                    Problem(
+                        str(path),
+                        lineno,
+                        None,
+                        f"is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); re-save the file as UTF-8",
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield lineno, Problem(str(path), lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno})")
+                yield (
+                    lineno,
+                    Problem(str(path), lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno})"),
+                )
                 continue
             if not isinstance(value, dict):
-                yield lineno, Problem(str(path), lineno, None, f"expected a JSON object, got {type(value).__name__}")
+                yield (
+                    lineno,
+                    Problem(str(path), lineno, None, f"expected a JSON object, got {type(value).__name__}"),
+                )
                 continue
             yield lineno, value
 
@@ -223,10 +255,21 @@ def _json_records(path: Path) -> Iterator[Record]:
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        yield 0, Problem(str(path), None, None, f"is not UTF-8 (at byte {exc.start}); re-save the file as UTF-8")
+        yield (
+            0,
+            Problem(str(path), None, None, f"is not UTF-8 (at byte {exc.start}); re-save the file as UTF-8"),
+        )
         return
     except json.JSONDecodeError as exc:
-        yield 0, Problem(str(path), exc.lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno}); for one object per line use .jsonl")
+        yield (
+            0,
+            Problem(
+                str(path),
+                exc.lineno,
+                None,
+                f"is not valid JSON ({exc.msg} at column {exc.colno}); for one object per line use .jsonl",
+            ),
+        )
         return
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}
@@ -234,7 +277,12 @@ def _json_records(path: Path) -> Iterator[Record]:
         yield 0, Problem(str(path), None, None, "expected a JSON list of row objects")
         return
     for i, item in enumerate(value, 1):
-        yield i, item if isinstance(item, dict) else Problem(str(path), i, None, f"row {i} is {type(item).__name__}, expected an object")
+        yield (
+            i,
+            item
+            if isinstance(item, dict)
+            else Problem(str(path), i, None, f"row {i} is {type(item).__name__}, expected an object"),
+        )
 
 
 def _csv_records(path: Path) -> Iterator[Record]:
@@ -266,8 +314,10 @@ def _parquet_records(path: Path) -> Iterator[Record]:
 
 def _hub_records(name: str) -> Iterator[Record]:
     if os.environ.get("HF_HUB_OFFLINE", "1") == "1" and os.environ.get("TUNELAB_ONLINE") != "1":
-        raise DataError([Problem(name, None, None, "is not a file, and hub datasets need the network")],
-                        hint="pass a local JSONL/JSON/Parquet/CSV file, or set TUNELAB_ONLINE=1 to fetch from the hub")
+        raise DataError(
+            [Problem(name, None, None, "is not a file, and hub datasets need the network")],
+            hint="pass a local JSONL/JSON/Parquet/CSV file, or set TUNELAB_ONLINE=1 to fetch from the hub",
+        )
     import datasets
 
     name, _, split = name.partition(":")
@@ -275,8 +325,14 @@ def _hub_records(name: str) -> Iterator[Record]:
         yield i, dict(row)
 
 
-READERS = {".jsonl": _jsonl_records, ".ndjson": _jsonl_records, ".json": _json_records,
-           ".csv": _csv_records, ".parquet": _parquet_records, ".pq": _parquet_records}
+READERS = {
+    ".jsonl": _jsonl_records,
+    ".ndjson": _jsonl_records,
+    ".json": _json_records,
+    ".csv": _csv_records,
+    ".parquet": _parquet_records,
+    ".pq": _parquet_records,
+}
 
 
 def records(path: str | Path) -> Iterator[Record]:
@@ -286,7 +342,10 @@ def records(path: str | Path) -> Iterator[Record]:
         if "/" in str(path) and not p.suffix and not str(path).startswith((".", "/")):
             yield from _hub_records(str(path))
             return
-        raise DataError([Problem(str(p), None, None, "does not exist")], hint="check the path (relative paths start from the current folder)")
+        raise DataError(
+            [Problem(str(p), None, None, "does not exist")],
+            hint="check the path (relative paths start from the current folder)",
+        )
     if p.is_dir():
         raise DataError([Problem(str(p), None, None, "is a folder, expected a data file")])
     if p.stat().st_size == 0:
@@ -317,5 +376,9 @@ def read_dataset(path: str | Path, kind: str) -> list[Row]:
     """All rows of `path` as the given kind; any bad row stops here, before compute is spent."""
     rows, problems = check_dataset(path, kind)
     if problems:
-        raise DataError(problems, n_ok=len(rows), hint=f"run `tunelab data check {path} --kind {kind}` to see every problem")
+        raise DataError(
+            problems,
+            n_ok=len(rows),
+            hint=f"run `tunelab data check {path} --kind {kind}` to see every problem",
+        )
     return rows

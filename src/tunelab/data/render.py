@@ -113,7 +113,9 @@ def _uses_template(tok, opts: RenderOptions) -> bool:
     return has_chat_template(tok) if opts.use_chat_template is None else opts.use_chat_template
 
 
-def render_pair(tok, prompt: str, completion: str, opts: RenderOptions, system: str | None = None) -> Tokenized:
+def render_pair(
+    tok, prompt: str, completion: str, opts: RenderOptions, system: str | None = None
+) -> Tokenized:
     """X -> Y: chat template if the model has one, else `instruction + prompt + SEP + completion + EOS`."""
     if _uses_template(tok, opts):
         return render_chat(tok, pair_messages(prompt, completion, opts, system))
@@ -132,13 +134,17 @@ def render_row(tok, row: dict, opts: RenderOptions) -> Tokenized:
     """Any normalised row of kind text, pairs or chat."""
     if "messages" in row:
         if not has_chat_template(tok):
-            raise TunelabError("Chat data needs a model with a chat template; this tokenizer has none. Use prompt/completion pairs instead.")
+            raise TunelabError(
+                "Chat data needs a model with a chat template; this tokenizer has none. Use prompt/completion pairs instead."
+            )
         return render_chat(tok, row["messages"])
     if "completion" in row:
         return render_pair(tok, row["prompt"], row["completion"], opts, row.get("system"))
     if "text" in row:
         return render_text(tok, row["text"])
-    raise TunelabError(f"Cannot render a row with fields {sorted(row)}: expected text, prompt/completion or messages.")
+    raise TunelabError(
+        f"Cannot render a row with fields {sorted(row)}: expected text, prompt/completion or messages."
+    )
 
 
 def fit_length(item: Tokenized, max_len: int, overlong: str) -> Tokenized | None:

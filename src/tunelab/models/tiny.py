@@ -46,7 +46,9 @@ def _tokenizer_json(chat: bool) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=384, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=384,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
@@ -61,7 +63,11 @@ def tiny_tokenizer(chat: bool = True):
     eos = "<|im_end|>" if chat else "<|endoftext|>"
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(chat)),
-        eos_token=eos, pad_token=eos, bos_token=None, unk_token=None, model_max_length=512,
+        eos_token=eos,
+        pad_token=eos,
+        bos_token=None,
+        unk_token=None,
+        model_max_length=512,
     )
     if chat:
         tok.chat_template = CHATML_TEMPLATE
@@ -75,14 +81,24 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
 
     config_name, model_name, chat = ARCHS[arch]
     tok = tiny_tokenizer(chat)
-    common = dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  bos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    common = dict(
+        vocab_size=len(tok),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     if arch == "gpt2":
         config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
     else:
         config = getattr(transformers, config_name)(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, **common,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models (built once per session), data files written on the fly, the CLI in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from tunelab.models.load import load_model
+
+    return load_model("tiny:llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from tunelab.models.load import load_model
+
+    return load_model("tiny:gpt2")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `tunelab ARGS...` in-process; returns (exit status, stdout, stderr)."""
+    from tunelab.cli import main
+
+    def run(*argv: str):
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

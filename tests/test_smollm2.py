@@ -1,0 +1,60 @@
+"""The embedded real model, SmolLM2-135M-Instruct: conversion, chat rendering and a real answer.
+
+The first test to ask for it converts the GGUF to safetensors in the cache (~30-40 s, once per machine).
+"""
+
+import pytest
+import torch
+
+from tunelab.data.render import IGNORE, render_chat
+from tunelab.models.load import embedded_gguf, load_model
+
+pytestmark = pytest.mark.slow
+
+CHATS = [
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"}],
+    [
+        {"role": "system", "content": "You answer in French."},
+        {"role": "user", "content": "cat"},
+        {"role": "assistant", "content": "chat"},
+        {"role": "user", "content": "dog, please"},
+        {"role": "assistant", "content": " chien\n"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_it_is_the_model_design_md_describes(smollm2):
+    model, tok = smollm2
+    c = model.config
+    assert (c.model_type, c.num_hidden_layers, c.hidden_size, c.vocab_size) == ("llama", 30, 576, 49152)
+    assert c.tie_word_embeddings and tok.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("chat", CHATS)
+def test_rendering_matches_its_own_chat_template_and_masks_assistant_turns(smollm2, chat):
+    _, tok = smollm2
+    item = render_chat(tok, chat)
+    assert item.input_ids == tok.apply_chat_template(chat)["input_ids"]
+    trained = tok.decode([t for t, lab in zip(item.input_ids, item.labels) if lab != IGNORE])
+    assert trained == "".join(m["content"] + "<|im_end|>" for m in chat if m["role"] == "assistant")
+
+
+def test_it_answers_a_question(smollm2):
+    from tunelab.generation import generate
+
+    model, tok = smollm2
+    (answer,) = generate(model, tok, ["What is the capital of France?"], max_new_tokens=24)
+    assert "Paris" in answer
+
+
+def test_gguf_file_loads_to_the_same_weights_as_the_converted_cache(smollm2):
+    converted, tok = smollm2
+    from_gguf, _ = load_model(str(embedded_gguf("smollm2-135m")))
+    ids = torch.tensor([tok("The quick brown fox jumps over the lazy dog.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(converted(ids).logits, from_gguf(ids).logits, atol=1e-4)
