@@ -27,7 +27,7 @@ def test_yaml_then_overrides_then_defaults(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text("model: tiny:llama\nadapter: lora\ntrain:\n  lr: 1.0e-3\n  batch_size: 2\n")
     cfg = load_config(SFTConfig, path, ["train.lr=1e-5", "lora.r=4"])
-    assert cfg.model == "tiny:llama" and cfg.adapter == "lora"
+    assert cfg.model.name == "tiny:llama" and cfg.adapter == "lora"
     assert cfg.train.lr == pytest.approx(1e-5)  # the override wins over the file
     assert cfg.train.batch_size == 2  # the file wins over the default
     assert cfg.lora.r == 4 and cfg.lora.alpha == 32  # untouched keys keep defaults
@@ -70,3 +70,11 @@ def test_every_field_has_help_text():
                 walk(field.annotation)
 
     walk(SFTConfig)
+
+
+def test_model_name_shorthand_merges_with_model_keys(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: tiny:llama\n")
+    cfg = load_config(SFTConfig, path, ["model.dropout=0.1"])
+    assert (cfg.model.name, cfg.model.dropout) == ("tiny:llama", 0.1)
+    assert load_config(SFTConfig, None, ["model=tiny:gpt2"]).model.name == "tiny:gpt2"

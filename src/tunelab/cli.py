@@ -60,12 +60,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     from tunelab.models.load import load_tokenizer
 
     check_kind(args.kind)
-    tok = None if args.model in ("none", "") else load_tokenizer(args.model)
+    cache: dict = {}
+
+    def get_tok():
+        if "tok" not in cache:
+            cache["tok"] = load_tokenizer(args.model)
+        return cache["tok"]
+
     opts = RenderOptions(separator=args.separator)
     console = Console(highlight=False)
     worst = 0
     for path in args.paths:
-        report = build_report(path, args.kind, tok, args.max_len, args.overlong, opts)
+        report = build_report(path, args.kind, None if args.model in ("none", "") else get_tok, args.max_len, args.overlong, opts)
         print_report(report, console, args.max_len, args.overlong, show_problems=args.action == "check")
         worst = max(worst, 1 if report.problems else 0)
     return worst if args.action == "check" else 0

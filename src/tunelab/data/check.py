@@ -73,14 +73,16 @@ def marked(tok, item: Tokenized) -> str:
 def build_report(
     path: str,
     kind: str,
-    tok=None,
+    get_tok=None,
     max_len: int = 1024,
     overlong: str = "truncate",
     opts: RenderOptions | None = None,
 ) -> DataReport:
+    """`get_tok()` is called only once the file has been read: bad input fails before a tokenizer loads."""
     opts = opts or RenderOptions()
     rows, problems = check_dataset(path, kind)
     report = DataReport(path, kind, len(rows), problems)
+    tok = get_tok() if get_tok is not None and rows else None
     if tok is None or kind == "judgments":
         report.lengths = [len(_row_text(r)) for r in rows]
         return report
