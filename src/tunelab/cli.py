@@ -12,9 +12,8 @@ import sys
 
 from tunelab import __version__
 
-EPILOG = """commands still to come (see the project issues): pretrain, sft, rm, rl, dpo, eval, ladder,
-quickstart, score, select, best-of-n, plan, label, arena.
-Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder, a .gguf file."""
+EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
+a .gguf file, or a PEFT adapter folder. Each command has --help."""
 
 
 def _offline_defaults() -> None:
@@ -28,13 +27,11 @@ def _offline_defaults() -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
     from tunelab.data.render import RenderOptions
     from tunelab.generation import generate
     from tunelab.models.load import load_model
 
-    hf_logging.disable_progress_bar()
+    _quiet_hf()
     model, tok = load_model(args.model, adapter=args.adapter)
     opts = RenderOptions(separator=args.separator, system=args.system)
     (text,) = generate(
@@ -71,10 +68,61 @@ def cmd_data(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     worst = 0
     for path in args.paths:
-        report = build_report(path, args.kind, None if args.model in ("none", "") else get_tok, args.max_len, args.overlong, opts)
+        report = build_report(
+            path,
+            args.kind,
+            None if args.model in ("none", "") else get_tok,
+            args.max_len,
+            args.overlong,
+            opts,
+        )
         print_report(report, console, args.max_len, args.overlong, show_problems=args.action == "check")
         worst = max(worst, 1 if report.problems else 0)
     return worst if args.action == "check" else 0
+
+
+def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG.yaml] [key=value ...]`: the config file is the first item without '='."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def stage_command(stage: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        from tunelab.config import load_config
+        from tunelab.errors import TunelabError
+
+        path, overrides = split_config_args(args.config)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise TunelabError(
+                f"'{bad[0]}' is not a key=value override (only the first argument may be a config file)."
+            )
+        schema = importlib.import_module("tunelab.schema")
+        cfg = load_config(getattr(schema, STAGES[stage][0]), path, overrides)
+        _quiet_hf()
+        importlib.import_module(f"tunelab.stages.{stage}").main(cfg)
+        return 0
+
+    return run
+
+
+def _quiet_hf() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+STAGES = {
+    "pretrain": ("PretrainConfig", "next-token training on raw text, packed into fixed-length blocks"),
+    "sft": (
+        "SFTConfig",
+        "supervised fine-tuning on X->Y pairs or chats; adapter: none|lora|dora|prompt|prefix",
+    ),
+}
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -92,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for stage, (_, help_text) in STAGES.items():
+        p = sub.add_parser(
+            stage, help=help_text, description=f"{help_text}. Example config: configs/{stage}.yaml"
+        )
+        p.add_argument(
+            "config",
+            nargs="*",
+            metavar="[CONFIG.yaml] [key=value ...]",
+            help="optional YAML config, then dotted overrides such as train.lr=1e-5 adapter=lora",
+        )
+        p.set_defaults(func=stage_command(stage))
 
     gen = sub.add_parser("generate", help="try a model or adapter by hand: print its answer to a prompt")
     gen.add_argument(

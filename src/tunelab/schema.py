@@ -47,14 +47,20 @@ class DataSection(Section):
 
 
 class GuardSection(Section):
-    spike: float = Field(5.0, gt=1, description="a loss above spike x the running median of recent losses is skipped")
+    spike: float = Field(
+        5.0, gt=1, description="a loss above spike x the running median of recent losses is skipped"
+    )
     window: int = Field(50, ge=5, description="recent accepted losses the median is taken over")
-    max_bad: int = Field(3, ge=1, description="skipped updates in a row before rolling back to the last checkpoint")
+    max_bad: int = Field(
+        3, ge=1, description="skipped updates in a row before rolling back to the last checkpoint"
+    )
     lr_factor: float = Field(0.5, gt=0, le=1, description="learning rate multiplier applied at each rollback")
 
 
 class EarlyStopSection(Section):
-    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement; null = off")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations without improvement; null = off"
+    )
     metric: str = Field("eval_loss", description="the metric watched (any eval_* in metrics.jsonl)")
     mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
 
@@ -75,12 +81,18 @@ class TrainSection(Section):
     eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
     log_every: int = Field(1, ge=1, description="log metrics every N steps")
     guard: GuardSection = Field(default_factory=GuardSection, description="divergence guard")
-    early_stop: EarlyStopSection = Field(default_factory=EarlyStopSection, description="early stopping; the best checkpoint becomes final/")
+    early_stop: EarlyStopSection = Field(
+        default_factory=EarlyStopSection, description="early stopping; the best checkpoint becomes final/"
+    )
 
 
 class ModelSection(Section):
-    name: str = Field("smollm2-135m", description="model: smollm2-135m, tiny:llama, an HF folder, a .gguf file")
-    dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout of the model (full fine-tuning knob)")
+    name: str = Field(
+        "smollm2-135m", description="model: smollm2-135m, tiny:llama, an HF folder, a .gguf file"
+    )
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="override every dropout of the model (full fine-tuning knob)"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
 
     @model_validator(mode="before")
@@ -92,7 +104,9 @@ class ModelSection(Section):
 class StageConfig(Section):
     """Keys common to every training stage."""
 
-    model: ModelSection = Field(default_factory=ModelSection, description="the base model (a name is shorthand for model.name)")
+    model: ModelSection = Field(
+        default_factory=ModelSection, description="the base model (a name is shorthand for model.name)"
+    )
     adapter: Adapter = Field("none", description="none (full fine-tuning) | lora | dora | prompt | prefix")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA / DoRA options")
     prompt: PromptSection = Field(default_factory=PromptSection, description="prompt / prefix tuning options")
@@ -105,6 +119,9 @@ class StageConfig(Section):
     resume: str = Field("auto", description="auto (newest complete checkpoint in out) | never | PATH")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
         "none", description="multi-process engine"
+    )
+    merge: bool = Field(
+        False, description="also write the LoRA/DoRA adapter merged into the base model to merged/"
     )
 
 

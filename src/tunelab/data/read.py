@@ -3,7 +3,8 @@
     rows = read_dataset("train.jsonl", kind="pairs")      # raises DataError listing what is wrong
     rows, problems = check_dataset("train.jsonl", "pairs")  # every problem, for `tunelab data check`
 
-Formats: JSONL (.jsonl/.ndjson), JSON (a list of objects), Parquet, CSV, or a hub dataset name
+Formats: JSONL (.jsonl/.ndjson), JSON (a list of objects), Parquet, CSV, plain text (.txt/.md: documents
+separated by blank lines, kind `text` only), or a hub dataset name
 (only when online). JSONL and CSV are parsed here rather than by `datasets` so that a problem can be
 reported with its exact line; Parquet is streamed by row group with pyarrow.
 Accepted aliases are normalised: `input`/`output` and alpaca `instruction`/`input`/`output` become
@@ -312,6 +313,28 @@ def _parquet_records(path: Path) -> Iterator[Record]:
             yield n, row
 
 
+def _txt_records(path: Path) -> Iterator[Record]:
+    """Plain text: documents separated by blank lines, streamed; the number is the document's first line."""
+    lines: list[str] = []
+    start = 1
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield lineno, Problem(str(path), lineno, None, "is not UTF-8; re-save the file as UTF-8")
+                continue
+            if line.strip():
+                if not lines:
+                    start = lineno
+                lines.append(line)
+            elif lines:
+                yield start, {"text": "".join(lines).strip()}
+                lines = []
+    if lines:
+        yield start, {"text": "".join(lines).strip()}
+
+
 def _hub_records(name: str) -> Iterator[Record]:
     if os.environ.get("HF_HUB_OFFLINE", "1") == "1" and os.environ.get("TUNELAB_ONLINE") != "1":
         raise DataError(
@@ -330,6 +353,8 @@ READERS = {
     ".ndjson": _jsonl_records,
     ".json": _json_records,
     ".csv": _csv_records,
+    ".txt": _txt_records,
+    ".md": _txt_records,
     ".parquet": _parquet_records,
     ".pq": _parquet_records,
 }

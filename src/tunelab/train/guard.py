@@ -26,9 +26,11 @@ class Guard:
         elif not math.isfinite(grad_norm):
             reason = "non-finite gradient"
         elif len(self.recent) >= 5 and loss > self.cfg.spike * statistics.median(self.recent):
-            reason = f"loss spike ({loss:.3g} > {self.cfg.spike} x median {statistics.median(self.recent):.3g})"
+            reason = (
+                f"loss spike ({loss:.3g} > {self.cfg.spike} x median {statistics.median(self.recent):.3g})"
+            )
         else:
-            self.recent = (self.recent + [loss])[-self.cfg.window:]
+            self.recent = (self.recent + [loss])[-self.cfg.window :]
             self.bad_in_row = 0
             return None
         self.bad_in_row += 1

@@ -22,7 +22,9 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model, cfg: TrainSection) -> torch.optim.Optimizer:
     # foreach kernels are faster on CPU than the per-parameter loop; fused only exists for some devices
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=True
+    )
 
 
 def warmup_steps(cfg: TrainSection, total: int) -> int:

@@ -1,0 +1,160 @@
+"""Batch sources for the training loop: `epoch(e)` yields micro-batches in a fixed, seeded order.
+
+RowBatches   rendered rows (SFT) padded per micro-batch, or packed several to a sequence
+TextBlocks   a text stream cut into fixed-length blocks (pre-training), never held in memory whole
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from tunelab.data.batch import LMBatch, collate, pack
+from tunelab.data.read import RowError, normalise, records
+from tunelab.data.render import Tokenized, render_text
+from tunelab.errors import DataError, Problem
+
+
+class RowBatches:
+    """In-memory rows, shuffled per epoch (seed + epoch), `batch_size` rows or packed sequences per micro-batch."""
+
+    def __init__(
+        self,
+        items: list[Tokenized],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        pack_len: int | None = None,
+        shuffle: bool = True,
+    ):
+        self.batch_size, self.pad_id, self.seed, self.shuffle = batch_size, pad_id, seed, shuffle
+        if pack_len:  # packed once, in a seeded order; the sequences are then shuffled each epoch
+            order = list(items)
+            random.Random(seed).shuffle(order)
+            self.units = pack(order, pack_len)
+        else:
+            self.units = list(items)
+        self.micro_batches_per_epoch = math.ceil(len(self.units) / batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[LMBatch]:
+        order = list(range(len(self.units)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        for start in range(0, len(order), self.batch_size):
+            yield collate([self.units[i] for i in order[start : start + self.batch_size]], self.pad_id)
+
+    def all(self) -> list[LMBatch]:
+        return list(self.epoch(0))
+
+
+def _block_batch(blocks: list[list[int]]) -> LMBatch:
+    ids = torch.tensor(blocks)  # (B, T): every block is full, so there is no padding
+    B, T = ids.shape
+    return LMBatch(ids, ids.clone(), torch.ones_like(ids), torch.arange(T).expand(B, T).contiguous())
+
+
+class TextBlocks:
+    """Documents -> one token stream (EOS between documents) -> blocks of `block_len` tokens.
+
+    Consecutive blocks overlap by one token, so every token after the first is predicted once.
+    Blocks pass through a seeded shuffle buffer; documents with index % holdout_every == 0 are the
+    held-out split when `holdout` is 'eval' (and skipped when it is 'train').
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        tok,
+        block_len: int,
+        batch_size: int,
+        seed: int = 0,
+        buffer: int = 1024,
+        holdout_every: int = 0,
+        split: str = "train",
+        max_blocks: int | None = None,
+    ):
+        self.paths, self.tok, self.block_len, self.batch_size = paths, tok, block_len, batch_size
+        self.seed, self.buffer, self.holdout_every, self.split, self.max_blocks = (
+            seed,
+            buffer,
+            holdout_every,
+            split,
+            max_blocks,
+        )
+        self.micro_batches_per_epoch: int | None = None
+
+    def _documents(self) -> Iterator[list[int]]:
+        index = 0
+        for path in self.paths:
+            for line, record in records(path):
+                if isinstance(record, Problem):
+                    raise DataError([record], hint=f"run `tunelab data check {path} --kind text`")
+                try:
+                    row = normalise("text", record)
+                except RowError as err:
+                    raise DataError(
+                        [Problem(str(path), line, err.field, err.message)],
+                        hint=f"run `tunelab data check {path} --kind text`",
+                    ) from None
+                index += 1
+                held_out = self.holdout_every and index % self.holdout_every == 0
+                if (self.split == "eval") == bool(held_out):
+                    yield render_text(self.tok, row["text"]).input_ids
+
+    def _blocks(self) -> Iterator[list[int]]:
+        stream: list[int] = []
+        n = 0
+        for ids in self._documents():
+            stream += ids
+            while len(stream) >= self.block_len:
+                yield stream[: self.block_len]
+                stream = stream[self.block_len - 1 :]  # overlap one token: the next block predicts from it
+                n += 1
+                if self.max_blocks and n >= self.max_blocks:
+                    return
+
+    def count(self) -> int:
+        """Blocks in one epoch (a full pass over the data; also validates every row)."""
+        n = sum(1 for _ in self._blocks())
+        self.micro_batches_per_epoch = math.ceil(n / self.batch_size) if n else 0
+        return n
+
+    def epoch(self, epoch: int) -> Iterator[LMBatch]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        pool: list[list[int]] = []
+        batch: list[list[int]] = []
+
+        def emit(block):
+            batch.append(block)
+            if len(batch) == self.batch_size:
+                out = _block_batch(batch)
+                batch.clear()
+                return out
+            return None
+
+        for block in self._blocks():
+            pool.append(block)
+            if len(pool) >= self.buffer:
+                out = emit(pool.pop(rng.randrange(len(pool))))
+                if out is not None:
+                    yield out
+        rng.shuffle(pool)
+        for block in pool:
+            out = emit(block)
+            if out is not None:
+                yield out
+        if batch:
+            yield _block_batch(batch)
+
+
+def text_paths(spec: str) -> list[str]:
+    """A file, a folder of files, or a comma-separated list."""
+    paths = []
+    for part in spec.split(","):
+        p = Path(part.strip())
+        paths += sorted(str(f) for f in p.iterdir() if f.is_file()) if p.is_dir() else [str(p)]
+    return paths

@@ -1,0 +1,85 @@
+"""Put a PEFT adapter on a model (LoRA, DoRA, prompt tuning, prefix tuning) or prepare it for full
+fine-tuning. The adapter can be switched off (`model.disable_adapter()`), which gives the reference
+model for KL and DPO at no memory cost."""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.schema import StageConfig
+
+# Attention projections per architecture: the classic LoRA placement. "all-linear" adapts every linear layer.
+ATTENTION_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["attn.c_attn", "attn.c_proj"],
+}
+
+
+def lora_targets(model, targets) -> list[str] | str:
+    if targets != "auto":
+        return targets
+    kind = model.config.model_type
+    if kind not in ATTENTION_TARGETS:
+        return "all-linear"
+    return ATTENTION_TARGETS[kind]
+
+
+def set_dropout(model, p: float) -> None:
+    """Every dropout of the model to `p` (config values too, so saved models keep it)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+    for key, value in model.config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+            setattr(model.config, key, p)
+
+
+def attach_adapter(model, tok, cfg: StageConfig):
+    """The model ready to train: a PeftModel for adapters, the model itself (all trainable) for `none`."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    if cfg.model.dropout is not None:
+        set_dropout(model, cfg.model.dropout)
+    if cfg.adapter == "none":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if cfg.adapter in ("prompt", "prefix") and cfg.data.pack:
+        raise TunelabError(f"adapter={cfg.adapter} cannot train on packed sequences: set data.pack=false.")
+    if cfg.adapter in ("lora", "dora"):
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=lora_targets(model, cfg.lora.targets),
+            use_dora=cfg.adapter == "dora",
+        )
+    elif cfg.adapter == "prompt":
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
+    else:
+        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
+    peft_model = get_peft_model(model, config)
+    if cfg.adapter == "prompt" and cfg.prompt.init_text:
+        _init_prompt_from_text(peft_model, tok, cfg.prompt.init_text, cfg.prompt.tokens)
+    return peft_model
+
+
+def _init_prompt_from_text(peft_model, tok, text: str, n: int) -> None:
+    """Start the virtual tokens at the embeddings of `text` (repeated or cut to n tokens)."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TunelabError("prompt.init_text tokenises to nothing; give some words or leave it unset.")
+    ids = (ids * (n // len(ids) + 1))[:n]
+    with torch.no_grad():
+        embeddings = peft_model.get_input_embeddings().weight[torch.tensor(ids)]  # (n, H)
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(embeddings)

@@ -1,0 +1,81 @@
+"""What every training stage does before the loop: seed, load the model, attach the adapter, render data."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
+from tunelab.schema import StageConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_model(cfg: StageConfig):
+    """(model ready to train, tokenizer): new adapter weights are drawn from `cfg.seed`."""
+    from tunelab.models.adapters import attach_adapter
+    from tunelab.models.load import load_model
+
+    seed_everything(cfg.seed)
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
+    return attach_adapter(model, tok, cfg), tok
+
+
+def render_options(cfg: StageConfig) -> RenderOptions:
+    return RenderOptions(
+        separator=cfg.data.separator, instruction=cfg.data.instruction, system=cfg.data.system
+    )
+
+
+@dataclass
+class RenderStats:
+    rows: int = 0
+    kept: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def as_report(self, name: str) -> dict:
+        return {
+            f"{name} rows": f"{self.rows} ({self.dropped} dropped, {self.truncated} truncated as too long)",
+            f"{name} tokens": f"{self.tokens:,} ({self.trained_tokens:,} trained)",
+        }
+
+
+def render_rows(rows: list[dict], tok, cfg: StageConfig) -> tuple[list[Tokenized], RenderStats]:
+    """Render and fit every row to train.max_len under the data.overlong policy, counting what happened."""
+    opts = render_options(cfg)
+    stats = RenderStats(rows=len(rows))
+    items = []
+    for row in rows:
+        item = render_row(tok, row, opts)
+        fitted = fit_length(item, cfg.train.max_len, cfg.data.overlong)
+        if fitted is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += len(fitted.input_ids) < len(item.input_ids)
+        stats.tokens += len(fitted.input_ids)
+        stats.trained_tokens += fitted.n_trained
+        items.append(fitted)
+    stats.kept = len(items)
+    return items, stats
+
+
+def split_holdout(rows: list, share: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a seeded random `share` of rows held out."""
+    if share <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(share * len(rows)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

@@ -1,0 +1,59 @@
+"""Pre-training: next-token loss on every token of raw text, cut into fixed-length blocks and streamed.
+
+tunelab pretrain configs/pretrain.yaml data.train=corpus/ train.max_steps=1000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.data.sources import TextBlocks, text_paths
+from tunelab.errors import TunelabError
+from tunelab.schema import PretrainConfig
+from tunelab.stages.common import prepare_model
+from tunelab.stages.sft import loss_fn  # the same next-token loss; here every position carries a label
+from tunelab.train.loop import train
+
+__all__ = ["loss_fn", "main"]
+
+
+def main(cfg: PretrainConfig) -> Path:
+    if not cfg.data.train:
+        raise TunelabError(
+            "pretrain needs text: set data.train=PATH (JSONL with `text`, .txt, or a folder of them)."
+        )
+    model, tok = prepare_model(cfg)
+    block = cfg.train.max_len
+    holdout_every = round(1 / cfg.data.eval_split) if cfg.data.eval_split and not cfg.data.eval else 0
+    blocks = TextBlocks(
+        text_paths(cfg.data.train), tok, block, cfg.train.batch_size, cfg.seed, holdout_every=holdout_every
+    )
+    report = {"block length": f"{block} tokens (consecutive blocks overlap by one token)"}
+    if (
+        not cfg.train.max_steps
+    ):  # one pass to count blocks (and check every row) so epochs can be turned into steps
+        n = blocks.count()
+        if n == 0:
+            raise TunelabError(
+                f"{cfg.data.train} holds fewer than train.max_len={block} tokens: lower train.max_len."
+            )
+        report["train blocks per epoch"] = n
+    eval_batches = None
+    if cfg.data.eval or holdout_every:
+        paths = text_paths(cfg.data.eval) if cfg.data.eval else blocks.paths
+        held = TextBlocks(
+            paths,
+            tok,
+            block,
+            cfg.train.batch_size,
+            holdout_every=holdout_every,
+            split="eval" if holdout_every else "train",
+            max_blocks=64,
+        )
+        eval_batches = list(held.epoch(0))
+        report["eval blocks"] = sum(b.input_ids.shape[0] for b in eval_batches)
+    if cfg.train.max_steps and blocks.micro_batches_per_epoch:
+        report["epochs"] = (
+            f"{cfg.train.max_steps * cfg.train.grad_accum / blocks.micro_batches_per_epoch:.2f}"
+        )
+    return train(model, tok, blocks, loss_fn, cfg, stage="pretrain", eval_batches=eval_batches, report=report)

@@ -1,0 +1,61 @@
+"""SFT: next-token loss on the completion / assistant tokens only; full fine-tuning or any PEFT adapter.
+
+tunelab sft configs/sft.yaml data.train=my_pairs.jsonl adapter=lora
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from tunelab.data.batch import LMBatch
+from tunelab.data.read import read_dataset, records
+from tunelab.data.sources import RowBatches
+from tunelab.errors import TunelabError
+from tunelab.losses.lm import lm_loss_sum
+from tunelab.models.forward import next_token_logits
+from tunelab.schema import SFTConfig
+from tunelab.stages.common import prepare_model, render_rows, split_holdout
+from tunelab.train.loop import train
+
+
+def loss_fn(model, batch: LMBatch) -> tuple[Tensor, dict]:
+    logits, targets = next_token_logits(model, batch)  # (K, V), (K,): only where a label is
+    return lm_loss_sum(logits, targets), {}
+
+
+def data_kind(path: str) -> str:
+    """chat when rows hold messages/conversations, else pairs."""
+    for _, record in records(path):
+        if isinstance(record, dict):
+            return "chat" if ("messages" in record or "conversations" in record) else "pairs"
+    return "pairs"
+
+
+def main(cfg: SFTConfig) -> Path:
+    if not cfg.data.train:
+        raise TunelabError(
+            "sft needs training data: set data.train=PATH (pairs or chats, see `tunelab data check`)."
+        )
+    rows = read_dataset(cfg.data.train, data_kind(cfg.data.train))  # all rows checked before the model loads
+    held_rows = read_dataset(cfg.data.eval, data_kind(cfg.data.eval)) if cfg.data.eval else []
+    if not held_rows:
+        rows, held_rows = split_holdout(rows, cfg.data.eval_split, cfg.seed)
+    model, tok = prepare_model(cfg)
+    items, stats = render_rows(rows, tok, cfg)
+    if not items:
+        raise TunelabError(
+            f"No training rows are left after fitting them to train.max_len={cfg.train.max_len}; raise it."
+        )
+    pack_len = cfg.train.max_len if cfg.data.pack else None
+    batches = RowBatches(items, cfg.train.batch_size, tok.pad_token_id, cfg.seed, pack_len)
+    report = stats.as_report("train")
+    eval_batches = None
+    if held_rows:
+        held, held_stats = render_rows(held_rows, tok, cfg)
+        eval_batches = RowBatches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
+        report.update(held_stats.as_report("eval"))
+    if pack_len:
+        report["packing"] = f"{len(items)} rows in {len(batches.units)} sequences of up to {pack_len} tokens"
+    return train(model, tok, batches, loss_fn, cfg, stage="sft", eval_batches=eval_batches, report=report)

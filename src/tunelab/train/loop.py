@@ -1,0 +1,414 @@
+"""THE training loop. Every stage hands it batches and `loss_fn(model, batch) -> (loss_sum, metrics)`.
+
+    run_dir = train(model, tok, batches, loss_fn, cfg, stage="sft", eval_batches=held_out)
+
+Conventions a stage follows:
+- a batch has `n_targets`: the units its loss is summed over (target tokens, preference pairs ...);
+- `loss_fn` returns the loss *summed* over those units, and metrics as sums too. The loop divides
+  by the units of the whole global batch (all micro-batches of a step, all processes), so
+  micro-batch 1 x accumulation 8 gives the same update as 8 x 1;
+- `batches.epoch(e)` yields the micro-batches of epoch e in a fixed order (seeded), so a resumed run
+  skips exactly the micro-batches it had consumed.
+
+The loop owns the optimizer, schedule, clipping, the divergence guard, evaluation, early stopping,
+logging, checkpoints and the run folder. It runs through `accelerate`, so the same code runs on
+several processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from tunelab.config import dump_config
+from tunelab.schema import StageConfig
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.guard import Guard
+from tunelab.train.log import MetricsLog, make_plots
+from tunelab.train.optim import build_optimizer, lr_at
+
+
+class BatchSource(Protocol):
+    micro_batches_per_epoch: int | None  # None when streaming and unknown
+
+    def epoch(self, epoch: int) -> Iterable[Any]: ...
+
+
+LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights, optimizer and RNG that an exact resume needs."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro: int = 0  # micro-batches consumed in this epoch
+    lr_scale: float = 1.0  # lowered by each rollback
+    tokens: int = 0  # target units trained on
+    best: float | None = None
+    best_step: int | None = None
+    evals_without_gain: int = 0
+    elapsed_s: float = 0.0
+    guard: dict = field(default_factory=dict)
+
+
+def default_run_dir(stage: str) -> Path:
+    return Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def total_steps(cfg: StageConfig, batches: BatchSource) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    if not batches.micro_batches_per_epoch:
+        raise ValueError("set train.max_steps: the number of batches per epoch is unknown for this data")
+    return max(1, math.ceil(cfg.train.epochs * batches.micro_batches_per_epoch / cfg.train.grad_accum))
+
+
+def _micro_batches(batches: BatchSource, state: LoopState) -> Iterator[Any]:
+    """Endless micro-batches from the saved position, advancing `state.epoch/micro` as they are taken."""
+    while True:
+        produced = False
+        for batch in itertools.islice(batches.epoch(state.epoch), state.micro, None):
+            produced = True
+            state.micro += 1
+            yield batch
+        if not produced and state.micro == 0:
+            raise ValueError("the training data produced no batches")
+        state.epoch += 1
+        state.micro = 0
+
+
+class _Stop:
+    """First Ctrl-C / SIGTERM: finish the step, save, exit cleanly. Second Ctrl-C: exit at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            os._exit(130)
+        self.requested = True
+        print(
+            "\nstopping after this step (a checkpoint will be saved); press Ctrl-C again to quit at once",
+            file=sys.stderr,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
+    """Loss and metrics per unit over held-out batches."""
+    was_training = model.training
+    model.eval()
+    total, units, sums = 0.0, 0, {}
+    for batch in batches:
+        loss_sum, metrics = loss_fn(model, batch)
+        total += float(loss_sum)
+        units += batch.n_targets
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    model.train(was_training)
+    units = max(units, 1)
+    return {"eval_loss": total / units, **{f"eval_{k}": v / units for k, v in sums.items()}}
+
+
+def save_final(model, tok, folder: Path) -> Path:
+    """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically."""
+    import warnings
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with warnings.catch_warnings():  # peft looks the base name up on the hub to see if the vocabulary changed
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def train(
+    model,
+    tok,
+    batches: BatchSource,
+    loss_fn: LossFn,
+    cfg: StageConfig,
+    *,
+    stage: str,
+    eval_batches: list | None = None,
+    report: dict | None = None,
+) -> Path:
+    """Train `model` and return the run folder (see DESIGN.md for its layout)."""
+    from accelerate import Accelerator
+    from rich.console import Console
+
+    from tunelab.train.report import write_report
+
+    console = Console(stderr=True)
+    tc = cfg.train
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = run_dir / "checkpoints"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+
+    optimizer = build_optimizer(model, tc)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    params = [p for p in unwrapped.parameters() if p.requires_grad]
+    total = total_steps(cfg, batches)
+    state = LoopState()
+    guard = Guard(tc.guard)
+
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = ckpt.latest(ckpt_root)
+    elif cfg.resume != "never":
+        resume_from = Path(cfg.resume)
+        if not (resume_from / "state.json").is_file():
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(f"resume={cfg.resume}: not a complete checkpoint folder (no state.json).")
+    if resume_from is not None:
+        saved = ckpt.load(resume_from, unwrapped, optimizer)
+        state = LoopState(**saved)
+        guard.load_state_dict(state.guard)
+        console.print(f"resuming from {resume_from} (step {state.step} of {total})")
+    if (
+        resume_from is None and accelerator.is_main_process
+    ):  # a fresh start: nothing of an older run may mix in
+        for old in [
+            "checkpoints",
+            "final",
+            "best",
+            "merged",
+            "plots",
+            "metrics.jsonl",
+            "report.md",
+            *[p.name for p in run_dir.glob("events.*")],
+        ]:
+            target = run_dir / old
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    initial = (
+        ckpt.trainable_state(unwrapped) if resume_from is None else None
+    )  # rollback target before any checkpoint
+
+    if accelerator.is_main_process:
+        (run_dir / "config.yaml").write_text(
+            dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
+            f"global_batch: {tc.batch_size * tc.grad_accum * accelerator.num_processes}\n"
+            f"processes: {accelerator.num_processes}\n"
+        )
+    log = MetricsLog(run_dir, resume_step=state.step)
+    source = _micro_batches(batches, state)
+    model.train()
+    fault_step = int(
+        os.environ.get("TUNELAB_FAULT_KILL_AT_STEP", "0")
+    )  # crash tests: SIGKILL after this step
+
+    def save_checkpoint():
+        state.guard = guard.state_dict()
+        if accelerator.is_main_process:
+            ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state))
+            ckpt.prune(ckpt_root, tc.keep_last)
+
+    def roll_back():
+        last = ckpt.latest(ckpt_root)
+        if last is not None:
+            ckpt.load_trainable(unwrapped, ckpt.load_file(last / "trainable.safetensors"))
+            optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
+        else:
+            ckpt.load_trainable(unwrapped, initial)
+            optimizer.state.clear()
+        state.lr_scale *= tc.guard.lr_factor
+        guard.rollbacks += 1
+        guard.bad_in_row = 0
+        guard.events.append(
+            {"step": state.step, "event": "rollback", "to": str(last or "start"), "lr_scale": state.lr_scale}
+        )
+        console.print(
+            f"[yellow]step {state.step}: {tc.guard.max_bad} bad updates in a row, rolled back to {last or 'the start'}; lr x{state.lr_scale:g}[/yellow]"
+        )
+
+    progress = _progress(console, total, state.step)
+    started = time.monotonic() - state.elapsed_s
+    stopped_early = False
+    with _Stop() as stop, progress:
+        task = progress.add_task(stage, total=total, completed=state.step, loss=float("nan"), tps=0.0)
+        while state.step < total:
+            t0 = time.perf_counter()
+            micro = [next(source) for _ in range(tc.grad_accum)]
+            units = torch.tensor(float(sum(b.n_targets for b in micro)))
+            units = accelerator.reduce(units, reduction="sum") if accelerator.num_processes > 1 else units
+            lr = lr_at(state.step, total, tc) * state.lr_scale
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_total, metric_sums = 0.0, {}
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss_sum, metrics = loss_fn(model, batch)
+                    # / units: the mean over the global batch; x processes: DDP averages gradients over ranks
+                    accelerator.backward(loss_sum * (accelerator.num_processes / max(float(units), 1.0)))
+                loss_total += float(loss_sum.detach())
+                for k, v in metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            n_units = max(float(units), 1.0)
+            loss = loss_total / n_units  # (this process's share when distributed)
+            max_norm = tc.max_grad_norm if tc.max_grad_norm else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+            reason = guard.check(loss, grad_norm)
+            if reason is None:
+                optimizer.step()
+            else:
+                guard.events.append({"step": state.step + 1, "event": "skipped", "reason": reason})
+                console.print(f"[yellow]step {state.step + 1}: update skipped ({reason})[/yellow]")
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if reason is not None and guard.must_roll_back:
+                roll_back()
+            state.tokens += int(units)
+            dt = time.perf_counter() - t0
+            state.elapsed_s = time.monotonic() - started
+            row = {
+                "step": state.step,
+                "epoch": state.epoch + state.micro / max(1, batches.micro_batches_per_epoch or 1),
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": float(units) / dt,
+                "tokens": state.tokens,
+                "skipped": int(reason is not None),
+                **{k: v / n_units for k, v in metric_sums.items()},
+            }
+            due_eval = (
+                eval_batches and tc.eval_every and (state.step % tc.eval_every == 0 or state.step == total)
+            )
+            if due_eval:
+                row.update(evaluate(model, loss_fn, eval_batches))
+                stopped_early = _early_stopping(row, state, tc, unwrapped, tok, run_dir, console)
+            if accelerator.is_main_process and (
+                state.step % tc.log_every == 0 or due_eval or state.step == total
+            ):
+                log.write(row)
+            progress.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
+            if tc.save_every and state.step % tc.save_every == 0 and state.step < total:
+                save_checkpoint()
+            if fault_step and state.step == fault_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop.requested or stopped_early:
+                break
+    save_checkpoint()
+    log.close()
+    if stop.requested and state.step < total:
+        console.print(
+            f"[bold]stopped at step {state.step}/{total}; checkpoint saved.[/bold] Resume with the same "
+            f"command plus: out={run_dir} resume=auto"
+        )
+        return run_dir
+    if accelerator.is_main_process:
+        best = run_dir / "best"
+        if tc.early_stop.patience and best.is_dir():
+            shutil.rmtree(run_dir / "final", ignore_errors=True)
+            os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
+        else:
+            save_final(unwrapped, tok, run_dir / "final")
+        if cfg.merge and cfg.adapter in ("lora", "dora"):
+            save_final(unwrapped.merge_and_unload(), tok, run_dir / "merged")
+        make_plots(run_dir)
+        summary = {
+            "stage": stage,
+            "total_steps": total,
+            "steps_done": state.step,
+            "stopped_early": stopped_early,
+            "best": state.best,
+            "best_step": state.best_step,
+            "elapsed_s": state.elapsed_s,
+            "tokens": state.tokens,
+            "peak_memory_mb": _peak_memory_mb(),
+            "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
+        }
+        write_report(run_dir, cfg, unwrapped, summary, report or {})
+    console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
+    return run_dir
+
+
+def _early_stopping(row, state, tc, model, tok, run_dir, console) -> bool:
+    """Track the watched metric; save the best model; True when patience has run out."""
+    es = tc.early_stop
+    value = row.get(es.metric)
+    if value is None or not es.patience:
+        return False
+    better = state.best is None or (value < state.best if es.mode == "min" else value > state.best)
+    if better:
+        state.best, state.best_step, state.evals_without_gain = value, state.step, 0
+        save_final(model, tok, run_dir / "best")
+        return False
+    state.evals_without_gain += 1
+    if state.evals_without_gain >= es.patience:
+        console.print(
+            f"early stop at step {state.step}: {es.metric} has not improved for {es.patience} evaluations "
+            f"(best {state.best:.4g} at step {state.best_step})"
+        )
+        return True
+    return False
+
+
+def _progress(console, total: int, done: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
