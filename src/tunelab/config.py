@@ -44,6 +44,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):
+                node[part] = {"name": node[part]}  # `model=x model.dropout=0.1`: a name is shorthand
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise TunelabError(f"Override '{item}' sets a key inside '{part}', which is not a section.")

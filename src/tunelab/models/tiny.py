@@ -87,6 +87,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.2,  # logits spread like a trained model's, so that adapters can move them
     )
     if arch == "gpt2":
         config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)

@@ -350,7 +350,11 @@ def train(
         else:
             save_final(unwrapped, tok, run_dir / "final")
         if cfg.merge and cfg.adapter in ("lora", "dora"):
-            save_final(unwrapped.merge_and_unload(), tok, run_dir / "merged")
+            import copy
+
+            save_final(
+                copy.deepcopy(unwrapped).merge_and_unload(), tok, run_dir / "merged"
+            )  # the trained model stays as it is
         make_plots(run_dir)
         summary = {
             "stage": stage,
