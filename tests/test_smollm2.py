@@ -58,3 +58,30 @@ def test_gguf_file_loads_to_the_same_weights_as_the_converted_cache(smollm2):
     ids = torch.tensor([tok("The quick brown fox jumps over the lazy dog.")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(converted(ids).logits, from_gguf(ids).logits, atol=1e-4)
+
+
+def test_lora_sft_moves_its_answers_to_the_targets(smollm2, tmp_path):
+    """A few LoRA steps on the embedded extraction task: from free-form JSON to the exact target format."""
+    from conftest import write_jsonl
+
+    from tunelab.config import load_config
+    from tunelab.generation import generate
+    from tunelab.schema import SFTConfig
+    from tunelab.stages import sft
+    from tunelab.tasks.extract import exact_match, make_rows
+
+    rows = make_rows(72, seed=1)
+    train, held_out = rows[:64], rows[64:]
+    model, tok = smollm2
+    prompts = [r["prompt"] for r in held_out]
+    before = sum(exact_match(a, r["completion"]) for a, r in zip(generate(model, tok, prompts, max_new_tokens=40), held_out))
+    cfg = load_config(SFTConfig, None, [
+        "model=smollm2-135m", f"data.train={write_jsonl(tmp_path / 'train.jsonl', train)}", "adapter=lora",
+        "train.max_steps=6", "train.batch_size=4", "train.lr=2e-3", "train.warmup=0", "data.pack=true",
+        "train.max_len=256", f"out={tmp_path / 'run'}",
+    ])
+    run = sft.main(cfg)
+    tuned, _ = load_model("smollm2-135m", adapter=str(run / "final"))
+    answers = generate(tuned, tok, prompts, max_new_tokens=40)
+    after = sum(exact_match(a, r["completion"]) for a, r in zip(answers, held_out))
+    assert before <= 2 and after >= 6, (before, after, answers)
