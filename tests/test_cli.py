@@ -102,20 +102,46 @@ def test_sft_through_the_cli_leaves_the_run_folder_of_the_contract(tmp_path):
 
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "tunelab", "sft", "configs/sft.yaml", "model=tiny:llama", f"data.train={data}",
-                          "train.max_steps=3", "train.save_every=2", f"out={run}", "data.eval_split=0.25", "train.eval_every=2"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "sft",
+            "configs/sft.yaml",
+            "model=tiny:llama",
+            f"data.train={data}",
+            "train.max_steps=3",
+            "train.save_every=2",
+            f"out={run}",
+            "data.eval_split=0.25",
+            "train.eval_every=2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
-    for name in ("config.yaml", "metrics.jsonl", "report.md", "plots/loss.png", "final/adapter_config.json", "checkpoints/step-3/state.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "report.md",
+        "plots/loss.png",
+        "final/adapter_config.json",
+        "checkpoints/step-3/state.json",
+    ):
         assert (run / name).is_file(), name
     assert list(run.glob("events.*"))
     config = (run / "config.yaml").read_text()
-    assert "total_steps: 3" in config and "lr: 0.0002" in config  # resolved: the file's values, defaults, derived
+    assert (
+        "total_steps: 3" in config and "lr: 0.0002" in config
+    )  # resolved: the file's values, defaults, derived
     report = (run / "report.md").read_text()
     assert "trainable parameters:" in report and "peak memory" in report and "target tokens/s" in report
     contract = pathlib.Path(__file__).resolve().parents[2] / "shared" / "checks" / "contract.py"
     if contract.is_file():
-        check = subprocess.run([sys.executable, str(contract), "--run", str(run)], capture_output=True, text=True)
+        check = subprocess.run(
+            [sys.executable, str(contract), "--run", str(run)], capture_output=True, text=True
+        )
         assert f"ok       {run}/final/" in check.stdout and "WRONG" not in check.stdout
 
 
@@ -125,8 +151,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
     data = write_jsonl(tmp_path / "t.jsonl", [{"text": "the river runs past the green hills " * 4}] * 40)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "pretrain", "model=tiny:llama", f"data.train={data}",
-                             "train.max_steps=100000", "train.max_len=32", f"out={run}"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "pretrain",
+            "model=tiny:llama",
+            f"data.train={data}",
+            "train.max_steps=100000",
+            "train.max_len=32",
+            f"out={run}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -138,11 +177,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert len(steps) == 1 and steps[0].startswith("step-")
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.lrr=1e-5", "Did you mean 'train.lr'?"),
-    ("adaptor=lora", "Did you mean 'adapter'?"),
-    ("train.batch_size=lots", "'train.batch_size'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lrr=1e-5", "Did you mean 'train.lr'?"),
+        ("adaptor=lora", "Did you mean 'adapter'?"),
+        ("train.batch_size=lots", "'train.batch_size'"),
+    ],
+)
 def test_config_errors_through_the_cli(cli, override, expected):
     code, _, err = cli("sft", "model=tiny:llama", override)
     assert code == 2 and expected in err

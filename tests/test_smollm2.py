@@ -74,12 +74,26 @@ def test_lora_sft_moves_its_answers_to_the_targets(smollm2, tmp_path):
     train, held_out = rows[:64], rows[64:]
     model, tok = smollm2
     prompts = [r["prompt"] for r in held_out]
-    before = sum(exact_match(a, r["completion"]) for a, r in zip(generate(model, tok, prompts, max_new_tokens=40), held_out))
-    cfg = load_config(SFTConfig, None, [
-        "model=smollm2-135m", f"data.train={write_jsonl(tmp_path / 'train.jsonl', train)}", "adapter=lora",
-        "train.max_steps=6", "train.batch_size=4", "train.lr=2e-3", "train.warmup=0", "data.pack=true",
-        "train.max_len=256", f"out={tmp_path / 'run'}",
-    ])
+    before = sum(
+        exact_match(a, r["completion"])
+        for a, r in zip(generate(model, tok, prompts, max_new_tokens=40), held_out)
+    )
+    cfg = load_config(
+        SFTConfig,
+        None,
+        [
+            "model=smollm2-135m",
+            f"data.train={write_jsonl(tmp_path / 'train.jsonl', train)}",
+            "adapter=lora",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.lr=2e-3",
+            "train.warmup=0",
+            "data.pack=true",
+            "train.max_len=256",
+            f"out={tmp_path / 'run'}",
+        ],
+    )
     run = sft.main(cfg)
     tuned, _ = load_model("smollm2-135m", adapter=str(run / "final"))
     answers = generate(tuned, tok, prompts, max_new_tokens=40)

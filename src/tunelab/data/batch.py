@@ -24,6 +24,7 @@ class LMBatch:
     labels: Tensor  # (B, T) targets aligned with input_ids (shifted in the loss), -100 where no loss
     attention_mask: Tensor  # (B, T) 1 for real tokens, or (B, 1, T, T) bool block-causal for packed rows
     position_ids: Tensor  # (B, T) restart at 0 at each packed document
+    n_tokens: int = 0  # real (non-padding) tokens
 
     @property
     def n_targets(self) -> int:
@@ -103,4 +104,4 @@ def collate(items: list[Tokenized] | list[Packed], pad_id: int) -> LMBatch:
         attention_mask = block_causal_mask(position_ids, lengths)
     else:
         attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
-    return LMBatch(input_ids, labels, attention_mask, position_ids)
+    return LMBatch(input_ids, labels, attention_mask, position_ids, int(lengths.sum()))

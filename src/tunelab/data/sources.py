@@ -54,7 +54,7 @@ class RowBatches:
 def _block_batch(blocks: list[list[int]]) -> LMBatch:
     ids = torch.tensor(blocks)  # (B, T): every block is full, so there is no padding
     B, T = ids.shape
-    return LMBatch(ids, ids.clone(), torch.ones_like(ids), torch.arange(T).expand(B, T).contiguous())
+    return LMBatch(ids, ids.clone(), torch.ones_like(ids), torch.arange(T).expand(B, T).contiguous(), B * T)
 
 
 class TextBlocks:

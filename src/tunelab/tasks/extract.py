@@ -11,9 +11,28 @@ from __future__ import annotations
 import json
 import random
 
-NAMES = ["Aero Lamp", "Brio Kettle", "Cobalt Chair", "Delta Desk", "Ember Mug", "Fjord Backpack", "Gale Fan",
-         "Halo Clock", "Iris Vase", "Juno Blender", "Kite Scarf", "Lumen Torch", "Mesa Rug", "Nova Pen",
-         "Orbit Speaker", "Pico Camera", "Quill Notebook", "Ridge Boots", "Sol Umbrella", "Tide Bottle"]
+NAMES = [
+    "Aero Lamp",
+    "Brio Kettle",
+    "Cobalt Chair",
+    "Delta Desk",
+    "Ember Mug",
+    "Fjord Backpack",
+    "Gale Fan",
+    "Halo Clock",
+    "Iris Vase",
+    "Juno Blender",
+    "Kite Scarf",
+    "Lumen Torch",
+    "Mesa Rug",
+    "Nova Pen",
+    "Orbit Speaker",
+    "Pico Camera",
+    "Quill Notebook",
+    "Ridge Boots",
+    "Sol Umbrella",
+    "Tide Bottle",
+]
 COLORS = ["red", "blue", "green", "black", "white", "yellow", "orange", "purple", "grey", "pink"]
 TEMPLATES = [
     "The {name} comes in {color} and costs {price} dollars.",
