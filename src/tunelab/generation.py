@@ -1,9 +1,10 @@
-"""Batched generation for trying a model by hand and for evaluation.
+"""Batched generation for trying a model by hand, evaluation and sampling answers.
 
     texts = generate(model, tok, ["What is 2+2?"], max_new_tokens=64)   # chat template applied if any
 
-Prompts are left-padded so every row's next token sits in the last column; sampling is greedy at
-temperature 0.
+Prompts are left-padded so every row's next token sits in the last column; temperature 0 is greedy.
+A given seed makes sampling repeatable without touching the caller's random state (dropout masks
+of a training run stay as they were).
 """
 
 from __future__ import annotations
@@ -34,18 +35,19 @@ def generate(
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tok.padding_side = side
-    if seed is not None:
-        torch.manual_seed(seed)
     sampling = temperature > 0
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=None,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=top_p if sampling else None,
+            top_k=None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
     new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, new)
     return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]

@@ -50,6 +50,11 @@ class GuardSection(Section):
     spike: float = Field(
         5.0, gt=1, description="a loss above spike x the running median of recent losses is skipped"
     )
+    min_jump: float = Field(
+        1.0,
+        ge=0,
+        description="... and only when it is also this much above the median (near-zero losses jitter)",
+    )
     window: int = Field(50, ge=5, description="recent accepted losses the median is taken over")
     max_bad: int = Field(
         3, ge=1, description="skipped updates in a row before rolling back to the last checkpoint"
@@ -132,5 +137,39 @@ class PretrainConfig(StageConfig):
     )
 
 
+class RewardEvalSection(Section):
+    rm: str | None = Field(
+        None, description="reward model (a `tunelab rm` run's final/) that scores sampled answers"
+    )
+    prompts: str | None = Field(
+        None, description="held-out prompts (kind prompts); default: the held-out split's prompts"
+    )
+    n_prompts: int = Field(16, ge=1, description="prompts answered at each evaluation")
+    max_new_tokens: int = Field(64, ge=1, description="longest sampled answer")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy answers (the same prompts every time)")
+    patience: int | None = Field(
+        2, ge=1, description="stop when the mean reward has not improved for this many evaluations"
+    )
+
+
 class SFTConfig(StageConfig):
-    pass
+    reward_eval: RewardEvalSection = Field(
+        default_factory=RewardEvalSection,
+        description="every train.eval_every steps: answer held-out prompts, score with a reward model, stop when it stops improving",
+    )
+
+
+class RMSection(Section):
+    center: float = Field(
+        0.0, ge=0, description="reward centring: penalty coefficient on (r_w + r_l)^2 (e.g. 0.01)"
+    )
+
+
+class RMConfig(StageConfig):
+    adapter: Adapter = Field(
+        "lora", description="none (full fine-tuning) | lora | dora; the scalar head always trains"
+    )
+    rm: RMSection = Field(default_factory=RMSection, description="reward-model options")
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(lr=1e-4, max_len=512), description="the training loop"
+    )

@@ -55,9 +55,12 @@ def attach_adapter(model, tok, cfg: StageConfig):
         return model
     if cfg.adapter in ("prompt", "prefix") and cfg.data.pack:
         raise TunelabError(f"adapter={cfg.adapter} cannot train on packed sequences: set data.pack=false.")
+    reward = hasattr(model, "score")  # a reward model: peft keeps its scalar head trainable (modules_to_save)
+    if reward and cfg.adapter not in ("lora", "dora"):
+        raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {cfg.adapter}.")
     if cfg.adapter in ("lora", "dora"):
         config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
+            task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,

@@ -164,7 +164,7 @@ def load_tokenizer(ref: str):
     if where.kind == "tiny":
         from tunelab.models.tiny import ARCHS, tiny_tokenizer
 
-        return tiny_tokenizer(chat=ARCHS[where.path][2])
+        return tiny_tokenizer(chat=ARCHS[where.path][1])
     if where.kind == "embedded":
         return AutoTokenizer.from_pretrained(embedded_dir(where.path))
     if where.kind == "gguf":
@@ -198,8 +198,14 @@ def _adapter_base(folder: str) -> str:
     return base
 
 
-def load_model(ref: str, *, adapter: str | None = None, dtype: str = "float32", seed: int = 0):
-    """`(model, tokenizer)` for any model reference; `adapter` is a PEFT adapter folder to put on top."""
+def load_model(
+    ref: str, *, adapter: str | None = None, dtype: str = "float32", seed: int = 0, head: str = "lm"
+):
+    """`(model, tokenizer)` for any model reference; `adapter` is a PEFT adapter folder to put on top.
+
+    head="lm": a causal LM. head="reward": the same body with a scalar head (an HF
+    `XForSequenceClassification` with one label); a new head is drawn from `seed`.
+    """
     import torch
 
     torch_dtype = getattr(torch, dtype)
@@ -207,25 +213,36 @@ def load_model(ref: str, *, adapter: str | None = None, dtype: str = "float32", 
     if where.kind == "adapter_dir":  # an adapter folder on its own: load its base, then the adapter
         if adapter is not None:
             raise TunelabError(f"'{ref}' is already an adapter; pass its base model with --adapter {ref}.")
-        model, tok = load_model(_adapter_base(where.path), dtype=dtype, seed=seed)
+        head = "reward" if _adapter_task(where.path) == "SEQ_CLS" else head
+        model, tok = load_model(_adapter_base(where.path), dtype=dtype, seed=seed, head=head)
         if (Path(where.path) / "tokenizer_config.json").is_file():
             tok = load_tokenizer(ref)
         return _with_adapter(model, where.path), tok
     if where.kind == "tiny":
         from tunelab.models.tiny import tiny_model
 
-        model, tok = tiny_model(where.path, seed=seed, dtype=torch_dtype)
+        model, tok = tiny_model(where.path, seed=seed, dtype=torch_dtype, head=head)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        auto, extra = (
+            (AutoModelForCausalLM, {})
+            if head == "lm"
+            else (AutoModelForSequenceClassification, {"num_labels": 1})
+        )
         if where.kind == "gguf":
             model, tok = _load_gguf(where.path, where.gguf_file)
+            if head != "lm":
+                model = _with_reward_head(model, seed)
             model = model.to(torch_dtype)
         else:
             folder = str(embedded_dir(where.path)) if where.kind == "embedded" else where.path
             tok = load_tokenizer(ref) if where.kind != "embedded" else _from_hf(_auto_tokenizer(), folder)
-            model = _from_hf(AutoModelForCausalLM, folder, dtype=torch_dtype)
+            torch.manual_seed(seed)  # a new reward head is drawn here
+            model = _from_hf(auto, folder, dtype=torch_dtype, **extra)
         model.eval()
+    if head != "lm":
+        model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if where.kind in ("tiny", "embedded"):  # adapters then record a portable base name, not a cache path
         model.config._name_or_path = ref
         model.name_or_path = ref  # what peft writes as base_model_name_or_path
@@ -234,6 +251,23 @@ def load_model(ref: str, *, adapter: str | None = None, dtype: str = "float32", 
     if adapter is not None:
         model = _with_adapter(model, adapter)
     return model, tok
+
+
+def _with_reward_head(lm, seed: int):
+    """A sequence-classification model holding the body of `lm` and a new scalar head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = lm.config
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.load_state_dict(lm.state_dict(), strict=False)  # everything but lm_head; the score head is new
+    return model
+
+
+def _adapter_task(folder: str) -> str | None:
+    return json.loads((Path(folder) / "adapter_config.json").read_text()).get("task_type")
 
 
 def _auto_tokenizer():

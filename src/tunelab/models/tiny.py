@@ -31,9 +31,9 @@ the final answer. Reflection: check the answer, find the error, fix it. 01234567
 """
 
 ARCHS = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", True),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", True),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", False),  # a base model: no chat template
+    "llama": ("LlamaConfig", True),
+    "qwen2": ("Qwen2Config", True),
+    "gpt2": ("GPT2Config", False),  # a base model: no chat template
 }
 
 
@@ -74,12 +74,15 @@ def tiny_tokenizer(chat: bool = True):
     return tok
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
-    """(model, tokenizer) for a tiny random `arch` in {llama, qwen2, gpt2}; same seed -> same weights."""
+def tiny_model(arch: str = "llama", seed: int = 0, dtype=None, head: str = "lm"):
+    """(model, tokenizer) for a tiny random `arch` in {llama, qwen2, gpt2}; same seed -> same weights.
+
+    head="reward" gives the same body with a scalar head (`XForSequenceClassification`, 1 label).
+    """
     import torch
     import transformers
 
-    config_name, model_name, chat = ARCHS[arch]
+    config_name, chat = ARCHS[arch]
     tok = tiny_tokenizer(chat)
     common = dict(
         vocab_size=len(tok),
@@ -101,10 +104,16 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
             max_position_embeddings=512,
             **common,
         )
+    auto = (
+        transformers.AutoModelForCausalLM if head == "lm" else transformers.AutoModelForSequenceClassification
+    )
+    if head != "lm":
+        config.num_labels = 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = getattr(transformers, model_name)(config)
+        model = auto.from_config(config)
     if dtype is not None:
         model = model.to(dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok

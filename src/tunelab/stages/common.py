@@ -18,13 +18,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_model(cfg: StageConfig):
-    """(model ready to train, tokenizer): new adapter weights are drawn from `cfg.seed`."""
+def prepare_model(cfg: StageConfig, head: str = "lm"):
+    """(model ready to train, tokenizer): new adapter (and reward head) weights are drawn from `cfg.seed`."""
     from tunelab.models.adapters import attach_adapter
     from tunelab.models.load import load_model
 
     seed_everything(cfg.seed)
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed)
+    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
     return attach_adapter(model, tok, cfg), tok
 
 

@@ -58,4 +58,49 @@ def main(cfg: SFTConfig) -> Path:
         report.update(held_stats.as_report("eval"))
     if pack_len:
         report["packing"] = f"{len(items)} rows in {len(batches.units)} sequences of up to {pack_len} tokens"
-    return train(model, tok, batches, loss_fn, cfg, stage="sft", eval_batches=eval_batches, report=report)
+    evaluators = [reward_evaluator(cfg, tok, held_rows)] if cfg.reward_eval.rm else None
+    return train(
+        model,
+        tok,
+        batches,
+        loss_fn,
+        cfg,
+        stage="sft",
+        eval_batches=eval_batches,
+        evaluators=evaluators,
+        report=report,
+    )
+
+
+def reward_evaluator(cfg: SFTConfig, tok, held_rows: list[dict]):
+    """Stop SFT at the right time: the mean reward of answers to held-out prompts, watched by early stopping."""
+    from tunelab.generation import generate
+    from tunelab.rm import RewardScorer
+    from tunelab.stages.common import render_options
+
+    re = cfg.reward_eval
+    if re.prompts:
+        prompts = [r["prompt"] for r in read_dataset(re.prompts, "prompts")]
+    else:
+        prompts = [r["prompt"] for r in held_rows if "prompt" in r]
+    prompts = [p for p in prompts if isinstance(p, str)][: re.n_prompts]
+    if not prompts:
+        raise TunelabError(
+            "reward_eval needs held-out prompts: set reward_eval.prompts=FILE or data.eval_split."
+        )
+    if not cfg.train.eval_every:
+        raise TunelabError("reward_eval runs at each evaluation: set train.eval_every=N.")
+    scorer = RewardScorer(re.rm)
+    es = cfg.train.early_stop
+    es.metric, es.mode, es.patience = "eval_reward", "max", re.patience
+    opts = render_options(cfg)
+
+    def evaluate_reward(model) -> dict[str, float]:
+        model.eval()
+        answers = generate(
+            model, tok, prompts, max_new_tokens=re.max_new_tokens, temperature=re.temperature, opts=opts
+        )
+        scores = scorer.score(list(zip(prompts, answers, strict=True)))
+        return {"eval_reward": sum(scores) / len(scores)}
+
+    return evaluate_reward

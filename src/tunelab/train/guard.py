@@ -25,7 +25,10 @@ class Guard:
             reason = "non-finite loss"
         elif not math.isfinite(grad_norm):
             reason = "non-finite gradient"
-        elif len(self.recent) >= 5 and loss > self.cfg.spike * statistics.median(self.recent):
+        elif len(self.recent) >= 5 and loss > max(
+            self.cfg.spike * statistics.median(self.recent),
+            statistics.median(self.recent) + self.cfg.min_jump,
+        ):
             reason = (
                 f"loss spike ({loss:.3g} > {self.cfg.spike} x median {statistics.median(self.recent):.3g})"
             )

@@ -148,8 +148,12 @@ def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     return {"eval_loss": total / units, **{f"eval_{k}": v / units for k, v in sums.items()}}
 
 
-def save_final(model, tok, folder: Path) -> Path:
-    """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically."""
+def save_final(model, tok, folder: Path, cfg: StageConfig | None = None) -> Path:
+    """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically.
+
+    tunelab.json records how prompts were rendered in training, so generate / score render the same way.
+    """
+    import json
     import warnings
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -158,6 +162,15 @@ def save_final(model, tok, folder: Path) -> Path:
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    if cfg is not None:
+        render = {
+            "separator": cfg.data.separator,
+            "instruction": cfg.data.instruction,
+            "system": cfg.data.system,
+        }
+        (tmp / "tunelab.json").write_text(
+            json.dumps({"model": cfg.model.name, "adapter": cfg.adapter, "render": render}, indent=1)
+        )
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
@@ -172,9 +185,14 @@ def train(
     *,
     stage: str,
     eval_batches: list | None = None,
+    evaluators: list[Callable[[Any], dict[str, float]]] | None = None,
     report: dict | None = None,
 ) -> Path:
-    """Train `model` and return the run folder (see DESIGN.md for its layout)."""
+    """Train `model` and return the run folder (see DESIGN.md for its layout).
+
+    `evaluators` are called with the model every train.eval_every steps; the metrics they return
+    (named eval_*) are logged and can drive early stopping like eval_loss.
+    """
     from accelerate import Accelerator
     from rich.console import Console
 
@@ -225,9 +243,6 @@ def train(
         ]:
             target = run_dir / old
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    initial = (
-        ckpt.trainable_state(unwrapped) if resume_from is None else None
-    )  # rollback target before any checkpoint
 
     if accelerator.is_main_process:
         (run_dir / "config.yaml").write_text(
@@ -249,21 +264,26 @@ def train(
             ckpt.prune(ckpt_root, tc.keep_last)
 
     def roll_back():
+        """Back to the newest checkpoint with a lower lr; without one, keep the weights (bad updates were
+        never applied) and only lower the lr: going back to step 0 would throw away all the training."""
         last = ckpt.latest(ckpt_root)
         if last is not None:
             ckpt.load_trainable(unwrapped, ckpt.load_file(last / "trainable.safetensors"))
             optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
-        else:
-            ckpt.load_trainable(unwrapped, initial)
-            optimizer.state.clear()
         state.lr_scale *= tc.guard.lr_factor
         guard.rollbacks += 1
         guard.bad_in_row = 0
         guard.events.append(
-            {"step": state.step, "event": "rollback", "to": str(last or "start"), "lr_scale": state.lr_scale}
+            {
+                "step": state.step,
+                "event": "rollback",
+                "to": str(last or "current weights"),
+                "lr_scale": state.lr_scale,
+            }
         )
         console.print(
-            f"[yellow]step {state.step}: {tc.guard.max_bad} bad updates in a row, rolled back to {last or 'the start'}; lr x{state.lr_scale:g}[/yellow]"
+            f"[yellow]step {state.step}: {tc.guard.max_bad} bad updates in a row: "
+            f"{'rolled back to ' + str(last) if last else 'no checkpoint yet, weights kept'}; lr x{state.lr_scale:g}[/yellow]"
         )
 
     progress = _progress(console, total, state.step)
@@ -317,12 +337,16 @@ def train(
                 "skipped": int(reason is not None),
                 **{k: v / n_units for k, v in metric_sums.items()},
             }
-            due_eval = (
-                eval_batches and tc.eval_every and (state.step % tc.eval_every == 0 or state.step == total)
+            due_eval = bool(eval_batches or evaluators) and (
+                bool(tc.eval_every and state.step % tc.eval_every == 0) or state.step == total
             )
             if due_eval:
-                row.update(evaluate(model, loss_fn, eval_batches))
-                stopped_early = _early_stopping(row, state, tc, unwrapped, tok, run_dir, console)
+                if eval_batches:
+                    row.update(evaluate(model, loss_fn, eval_batches))
+                for evaluator in evaluators or []:  # e.g. the mean reward of sampled answers
+                    row.update(evaluator(unwrapped))
+                model.train()
+                stopped_early = _early_stopping(row, state, cfg, unwrapped, tok, run_dir, console)
             if accelerator.is_main_process and (
                 state.step % tc.log_every == 0 or due_eval or state.step == total
             ):
@@ -348,12 +372,12 @@ def train(
             shutil.rmtree(run_dir / "final", ignore_errors=True)
             os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
         else:
-            save_final(unwrapped, tok, run_dir / "final")
+            save_final(unwrapped, tok, run_dir / "final", cfg)
         if cfg.merge and cfg.adapter in ("lora", "dora"):
             import copy
 
             save_final(
-                copy.deepcopy(unwrapped).merge_and_unload(), tok, run_dir / "merged"
+                copy.deepcopy(unwrapped).merge_and_unload(), tok, run_dir / "merged", cfg
             )  # the trained model stays as it is
         make_plots(run_dir)
         summary = {
@@ -373,16 +397,16 @@ def train(
     return run_dir
 
 
-def _early_stopping(row, state, tc, model, tok, run_dir, console) -> bool:
+def _early_stopping(row, state, cfg, model, tok, run_dir, console) -> bool:
     """Track the watched metric; save the best model; True when patience has run out."""
-    es = tc.early_stop
+    es = cfg.train.early_stop
     value = row.get(es.metric)
     if value is None or not es.patience:
         return False
     better = state.best is None or (value < state.best if es.mode == "min" else value > state.best)
     if better:
         state.best, state.best_step, state.evals_without_gain = value, state.step, 0
-        save_final(model, tok, run_dir / "best")
+        save_final(model, tok, run_dir / "best", cfg)
         return False
     state.evals_without_gain += 1
     if state.evals_without_gain >= es.patience:

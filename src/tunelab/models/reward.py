@@ -1,0 +1,47 @@
+"""A reward model's forward pass: the LM body, then a scalar head read at the last real token.
+
+The model is an HF `XForSequenceClassification` with one label (so it saves, loads and serves like
+any reward model), but the score is taken here, at the last position the attention mask marks as
+real: never from the pad id (pad = eos is common, and then the pad id finds the wrong token).
+Position ids come from the mask too, so left and right padding give the same scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tunelab.errors import TunelabError
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """(B, T) 0/1 mask -> (B,) index of each row's last real token, for left or right padding."""
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    index = (positions * attention_mask).amax(dim=1)  # (B,)
+    if bool((attention_mask.sum(dim=1) == 0).any()):
+        raise TunelabError("A sequence has no real token (an all-zero attention mask): nothing to score.")
+    return index
+
+
+def _seq_cls_model(model):
+    """The HF sequence-classification model inside a PeftModel (or the model itself)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "score") or not hasattr(inner, "base_model_prefix"):
+        raise TunelabError(f"{type(inner).__name__} has no scalar reward head; load it with head='reward'.")
+    return inner
+
+
+def rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T) ids and 0/1 mask -> (B,) scalar rewards."""
+    inner = _seq_cls_model(model)
+    body = getattr(inner, inner.base_model_prefix)  # LoRA layers, if any, live inside it
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(
+        min=0
+    )  # (B, T) same for both padding sides
+    hidden = body(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state  # (B, T, H)
+    last = last_token_index(attention_mask)  # (B,)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    return inner.score(pooled).squeeze(-1).float()  # (B,)
