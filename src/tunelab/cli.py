@@ -15,6 +15,15 @@ from tunelab import __version__
 EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
 a .gguf file, or a PEFT adapter folder. Each command has --help."""
 
+STAGES = {
+    "pretrain": ("PretrainConfig", "next-token training on raw text, packed into fixed-length blocks"),
+    "sft": (
+        "SFTConfig",
+        "supervised fine-tuning on X->Y pairs or chats; adapter: none|lora|dora|prompt|prefix",
+    ),
+    "rm": ("RMConfig", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)"),
+}
+
 
 def _offline_defaults() -> None:
     """Offline is the normal case: never let a library reach for the hub unless asked to."""
@@ -26,59 +35,10 @@ def _offline_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from tunelab.data.render import RenderOptions
-    from tunelab.generation import generate
-    from tunelab.models.load import load_model
+def _quiet_hf() -> None:
+    from transformers.utils import logging as hf_logging
 
-    _quiet_hf()
-    model, tok = load_model(args.model, adapter=args.adapter)
-    opts = RenderOptions(separator=args.separator, system=args.system)
-    (text,) = generate(
-        model,
-        tok,
-        [args.prompt],
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        opts=opts,
-        seed=args.seed,
-    )
-    print(text)
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from tunelab.data.check import build_report, print_report
-    from tunelab.data.read import check_kind
-    from tunelab.data.render import RenderOptions
-    from tunelab.models.load import load_tokenizer
-
-    check_kind(args.kind)
-    cache: dict = {}
-
-    def get_tok():
-        if "tok" not in cache:
-            cache["tok"] = load_tokenizer(args.model)
-        return cache["tok"]
-
-    opts = RenderOptions(separator=args.separator)
-    console = Console(highlight=False)
-    worst = 0
-    for path in args.paths:
-        report = build_report(
-            path,
-            args.kind,
-            None if args.model in ("none", "") else get_tok,
-            args.max_len,
-            args.overlong,
-            opts,
-        )
-        print_report(report, console, args.max_len, args.overlong, show_problems=args.action == "check")
-        worst = max(worst, 1 if report.problems else 0)
-    return worst if args.action == "check" else 0
+    hf_logging.disable_progress_bar()
 
 
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -110,25 +70,190 @@ def stage_command(stage: str):
     return run
 
 
-def _quiet_hf() -> None:
-    from transformers.utils import logging as hf_logging
+def _render_options(args: argparse.Namespace, source: str):
+    """What the model trained with (tunelab.json in a run's final/), overridden by flags given."""
+    from tunelab.rm import render_options_for
 
-    hf_logging.disable_progress_bar()
+    opts = render_options_for(source)
+    if args.separator is not None:
+        opts.separator = args.separator
+    if args.system is not None:
+        opts.system = args.system
+    return opts
 
 
-STAGES = {
-    "pretrain": ("PretrainConfig", "next-token training on raw text, packed into fixed-length blocks"),
-    "sft": (
-        "SFTConfig",
-        "supervised fine-tuning on X->Y pairs or chats; adapter: none|lora|dora|prompt|prefix",
-    ),
-}
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tunelab.generation import generate
+    from tunelab.models.load import load_model
+
+    _quiet_hf()
+    model, tok = load_model(args.model, adapter=args.adapter)
+    opts = _render_options(args, args.adapter or args.model)
+    (text,) = generate(
+        model,
+        tok,
+        [args.prompt],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        opts=opts,
+        seed=args.seed,
+    )
+    print(text)
+    return 0
+
+
+def _read_prompts(path: str, limit: int | None) -> list[str]:
+    from tunelab.data.read import read_dataset
+    from tunelab.errors import TunelabError
+
+    prompts = [r["prompt"] for r in read_dataset(path, "prompts") if isinstance(r["prompt"], str)]
+    if not prompts:
+        raise TunelabError(f"{path} holds no text prompts.")
+    return prompts[:limit] if limit else prompts
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from tunelab.data.read import check_dataset
+    from tunelab.errors import DataError
+    from tunelab.rm import RewardScorer
+
+    rows, problems = check_dataset(args.file, "preference")
+    if problems:  # not preference pairs: prompt + completion / answer rows
+        rows, problems = check_dataset(args.file, "pairs")
+        if problems:
+            raise DataError(
+                problems, len(rows), hint="score takes pairs (prompt + completion) or preference rows"
+            )
+    _quiet_hf()
+    scorer = RewardScorer(args.rm, batch_size=args.batch_size)
+    if "chosen" in rows[0]:
+        chosen = scorer.score([(r["prompt"], r["chosen"]) for r in rows])
+        rejected = scorer.score([(r["prompt"], r["rejected"]) for r in rows])
+        out = [
+            {**r, "reward_chosen": c, "reward_rejected": j}
+            for r, c, j in zip(rows, chosen, rejected, strict=True)
+        ]
+        acc = sum(c > j for c, j in zip(chosen, rejected, strict=True)) / len(rows)
+        print(f"pairwise accuracy {acc:.3f} on {len(rows)} pairs", file=sys.stderr)
+    else:
+        scores = scorer.score([(r["prompt"], r["completion"]) for r in rows])
+        out = [{**r, "reward": s} for r, s in zip(rows, scores, strict=True)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.rm import RewardScorer, select
+
+    prompts = _read_prompts(args.prompts, args.limit)
+    _quiet_hf()
+    ranked = select(
+        RewardScorer(args.rm), args.candidates, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    table = Table(title=f"candidates ranked by mean reward on {len(prompts)} prompts")
+    for col in ("rank", "candidate", "mean reward", "95% interval"):
+        table.add_column(col)
+    for i, c in enumerate(ranked, 1):
+        table.add_row(str(i), c.name, f"{c.mean_reward:.3f}", f"± {c.ci95:.3f}")
+    Console().print(table)
+    result = [
+        {"candidate": c.name, "mean_reward": c.mean_reward, "ci95": c.ci95, "answers": c.answers}
+        for c in ranked
+    ]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"prompts": prompts, "ranking": result}, f, indent=1)
+    return 0
+
+
+def cmd_best_of_n(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tunelab.rm import RewardScorer, best_of_n, write_rejection_sampling
+
+    prompts = _read_prompts(args.prompts, args.limit)
+    _quiet_hf()
+    results = best_of_n(
+        RewardScorer(args.rm),
+        args.model,
+        prompts,
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    for r in results:
+        print(
+            json.dumps(
+                {"prompt": r["prompt"], "best": r["best"], "reward": r["rewards"][0]}, ensure_ascii=False
+            )
+        )
+    if args.out:
+        paths = write_rejection_sampling(results, Path(args.out))
+        print(
+            f"wrote {paths['sft']} (SFT pairs), {paths['preference']} (best vs worst), {paths['all']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tunelab.data.check import build_report, print_report
+    from tunelab.data.read import check_kind
+    from tunelab.data.render import RenderOptions
+    from tunelab.models.load import load_tokenizer
+
+    check_kind(args.kind)
+    cache: dict = {}
+
+    def get_tok():
+        if "tok" not in cache:
+            cache["tok"] = load_tokenizer(args.model)
+        return cache["tok"]
+
+    opts = RenderOptions(separator=args.separator)
+    console = Console(highlight=False)
+    worst = 0
+    for path in args.paths:
+        get = None if args.model in ("none", "") else get_tok
+        report = build_report(path, args.kind, get, args.max_len, args.overlong, opts)
+        print_report(report, console, args.max_len, args.overlong, show_problems=args.action == "check")
+        worst = max(worst, 1 if report.problems else 0)
+    return worst if args.action == "check" else 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tunelab.doctor import run_doctor
 
     return run_doctor()
+
+
+def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=temperature,
+        help=f"0 = greedy; > 0 samples (default {temperature})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same answers")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,25 +282,55 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "model", help="model reference (smollm2-135m, tiny:llama, HF folder, .gguf, adapter folder)"
     )
-    gen.add_argument("prompt", help="the prompt; the chat template is applied when the model has one")
+    gen.add_argument(
+        "prompt", help="the prompt; rendered as in training (chat template when the model has one)"
+    )
     gen.add_argument("--adapter", help="a PEFT adapter folder to put on the model")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling")
     gen.add_argument("--system", help="system message (chat models)")
-    gen.add_argument(
-        "--separator",
-        default="\n### Answer:\n",
-        help="prompt/answer separator for models without a chat template",
-    )
+    gen.add_argument("--separator", help="prompt/answer separator for models without a chat template")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.set_defaults(func=cmd_generate)
+
+    score = sub.add_parser("score", help="reward-model scores for answers: score RM FILE")
+    score.add_argument("rm", help="a reward model (a `tunelab rm` run's final/)")
+    score.add_argument(
+        "file", help="rows of prompt + completion, or preference rows (prompt, chosen, rejected)"
+    )
+    score.add_argument("--out", help="write JSONL here instead of standard output")
+    score.add_argument(
+        "--batch-size", type=int, default=16, help="answers scored at once (scores do not depend on it)"
+    )
+    score.set_defaults(func=cmd_score)
+
+    sel = sub.add_parser("select", help="rank models or checkpoints by mean reward on the same prompts")
+    sel.add_argument("--rm", required=True, help="the reward model")
+    sel.add_argument(
+        "candidates", nargs="+", metavar="CANDIDATE", help="models, checkpoints or adapter folders"
+    )
+    sel.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
+    sel.add_argument("--out", help="write the ranking (and every answer) as JSON here")
+    _sampling_args(sel, temperature=0.0)
+    sel.set_defaults(func=cmd_select)
+
+    bon = sub.add_parser("best-of-n", help="sample n answers per prompt, keep the best by reward")
+    bon.add_argument("--rm", required=True, help="the reward model")
+    bon.add_argument("model", help="the model that answers")
+    bon.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
+    bon.add_argument("-n", type=int, default=4, help="answers sampled per prompt (default 4)")
+    bon.add_argument(
+        "--out", help="folder for a rejection-sampling dataset: sft.jsonl, preference.jsonl, ranked.jsonl"
+    )
+    _sampling_args(bon, temperature=0.8)
+    bon.set_defaults(func=cmd_best_of_n)
 
     data = sub.add_parser("data", help="validate and inspect data: data check|stats PATH... --kind KIND")
     data.add_argument(
         "action", choices=["check", "stats"], help="check: every problem, then a summary; stats: summary only"
     )
-    data.add_argument("paths", nargs="+", metavar="PATH", help="JSONL / JSON / Parquet / CSV files")
+    data.add_argument("paths", nargs="+", metavar="PATH", help="JSONL / JSON / Parquet / CSV / text files")
     data.add_argument("--kind", required=True, help="text | pairs | chat | preference | prompts | judgments")
     data.add_argument(
         "--model",

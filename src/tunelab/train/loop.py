@@ -187,6 +187,7 @@ def train(
     eval_batches: list | None = None,
     evaluators: list[Callable[[Any], dict[str, float]]] | None = None,
     report: dict | None = None,
+    unit: str = "target tokens",
 ) -> Path:
     """Train `model` and return the run folder (see DESIGN.md for its layout).
 
@@ -381,6 +382,7 @@ def train(
             )  # the trained model stays as it is
         make_plots(run_dir)
         summary = {
+            "unit": unit,
             "stage": stage,
             "total_steps": total,
             "steps_done": state.step,

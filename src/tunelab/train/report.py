@@ -45,10 +45,10 @@ def write_report(run_dir: Path, cfg, model, summary: dict, data: dict) -> Path:
         f"- final/ on disk: {_mb(folder_size(final)) if final.exists() else 'n/a'}"
         + (f"; a checkpoint: {_mb(folder_size(checkpoints[-1][1]))}" if checkpoints else ""),
         f"- peak memory: {summary['peak_memory_mb']:.0f} MB",
-        f"- speed: {statistics.median(speeds):.0f} target tokens/s (median over steps)"
+        f"- speed: {statistics.median(speeds):.0f} {summary.get('unit', 'target tokens')}/s (median over steps)"
         if speeds
         else "- speed: n/a",
-        f"- time: {summary['elapsed_s']:.1f} s, {summary['tokens']:,} target tokens",
+        f"- time: {summary['elapsed_s']:.1f} s, {summary['tokens']:,} {summary.get('unit', 'target tokens')}",
         "",
         "## Results",
         "",
