@@ -128,6 +128,7 @@ def main(cfg: RMConfig) -> Path:
         stage="rm",
         eval_batches=eval_batches,
         report=report,
+        unit="pairs",
     )
     if eval_batches and (run / "final").exists():
         calib = calibration(model, eval_batches, cfg.seed)
