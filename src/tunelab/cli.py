@@ -22,6 +22,11 @@ STAGES = {
         "supervised fine-tuning on X->Y pairs or chats; adapter: none|lora|dora|prompt|prefix",
     ),
     "rm": ("RMConfig", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)"),
+    "rl": (
+        "RLConfig",
+        "RL from a reward: algo grpo|rloo|reinforce|ppo; reward rm:PATH|exact|number|regex:|module:fn",
+    ),
+    "dpo": ("DPOConfig", "offline preference optimisation (DPO sigmoid or IPO), reference = adapter off"),
 }
 
 

@@ -93,6 +93,13 @@ def _explain(cls: type[BaseModel], err: ValidationError, source: str) -> str:
     return f"Config error in {source}:\n  " + "\n  ".join(lines)
 
 
+def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    try:
+        return cls().model_dump(mode="python")
+    except ValidationError:  # a config with required fields has no complete defaults
+        return {}
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Read YAML (optional), apply dotted overrides, validate into `cls`."""
     data: dict[str, Any] = {}
@@ -112,6 +119,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         source += " + command-line overrides"
+    # start from the stage's own defaults, so `train.lr=...` keeps e.g. RL's constant schedule
+    data = _merge(_defaults(cls), data)
     try:
         return cls.model_validate(data)
     except ValidationError as err:

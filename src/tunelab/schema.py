@@ -173,3 +173,87 @@ class RMConfig(StageConfig):
     train: TrainSection = Field(
         default_factory=lambda: TrainSection(lr=1e-4, max_len=512), description="the training loop"
     )
+
+
+class RLSection(Section):
+    group: int = Field(
+        8, ge=1, description="completions sampled per prompt (GRPO/RLOO baselines use the group)"
+    )
+    prompts_per_step: int = Field(2, ge=1, description="prompts per optimizer step")
+    clip: float = Field(0.2, gt=0, description="PPO ratio clip (and value clip)")
+    ppo_epochs: int = Field(1, ge=1, description="updates per rollout (PPO); 1 = strictly on-policy")
+    gamma: float = Field(1.0, ge=0, le=1, description="PPO discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    vf_coef: float = Field(0.1, ge=0, description="PPO value-loss weight")
+    samples_per_step: int = Field(4, ge=0, description="completions written to samples.jsonl each step")
+
+
+class KLSection(Section):
+    beta: float = Field(0.04, ge=0, description="weight of the KL to the reference model (0 = no leash)")
+    mode: Literal["loss", "reward"] = Field(
+        "loss", description="KL as a loss term, or subtracted from the reward"
+    )
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator: k1 log-ratio, k2 half squared, k3 Schulman"
+    )
+
+
+class RolloutSection(Section):
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf generate (CPU/GPU) or vllm (GPU, optional extra)"
+    )
+    max_new_tokens: int = Field(64, ge=1, description="longest completion")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs use the same)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    stop: list[str] = Field(
+        default_factory=list, description="stop strings (the completion text ends before them)"
+    )
+    extra_eos_ids: list[int] = Field(default_factory=list, description="more token ids that end a completion")
+
+
+class AlertSection(Section):
+    kl: float = Field(1.0, gt=0, description="alert when the mean per-token KL exceeds this")
+    entropy_drop: float = Field(
+        0.2, gt=0, lt=1, description="alert when entropy falls below this share of its start"
+    )
+    length_growth: float = Field(
+        2.0, gt=1, description="alert when completions grow this much and mostly hit the limit"
+    )
+
+
+class RLConfig(StageConfig):
+    adapter: Adapter = Field(
+        "lora", description="none (frozen copy as reference) | lora | dora (adapter off = reference)"
+    )
+    algo: Literal["grpo", "rloo", "reinforce", "ppo"] = Field("grpo", description="policy-gradient variant")
+    reward: str | list[str | dict] = Field(
+        "exact",
+        description="exact | number | regex:P | length | rm:PATH | reasoning_gym:TASK | module:fn, or a weighted list",
+    )
+    rl: RLSection = Field(default_factory=RLSection, description="algorithm options")
+    kl: KLSection = Field(default_factory=KLSection, description="the leash to the starting model")
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
+    alerts: AlertSection = Field(default_factory=AlertSection, description="reward-hacking alarms")
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(
+            lr=1e-5, max_steps=50, batch_size=1, warmup=0.0, schedule="constant"
+        ),
+        description="the training loop (batch_size is unused: a step is prompts_per_step x group completions)",
+    )
+
+
+class DPOSection(Section):
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature: how far from the reference the policy may move"
+    )
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid (DPO) or ipo")
+
+
+class DPOConfig(StageConfig):
+    adapter: Adapter = Field(
+        "lora", description="none (frozen copy as reference) | lora | dora (adapter off = reference)"
+    )
+    dpo: DPOSection = Field(default_factory=DPOSection, description="DPO options")
+    train: TrainSection = Field(
+        default_factory=lambda: TrainSection(lr=5e-5), description="the training loop"
+    )

@@ -98,12 +98,12 @@ class PairBatches:
         )
         self.micro_batches_per_epoch = math.ceil(len(pairs) / batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[PairBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[PairBatch]:
         order = list(range(len(self.pairs)))
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        for start in range(0, len(order), self.batch_size):
-            yield collate_pairs([self.pairs[i] for i in order[start : start + self.batch_size]], self.pad_id)
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            yield collate_pairs([self.pairs[i] for i in order[first : first + self.batch_size]], self.pad_id)
 
     def all(self) -> list[PairBatch]:
         return list(self.epoch(0))

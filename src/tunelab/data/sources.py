@@ -6,6 +6,7 @@ TextBlocks   a text stream cut into fixed-length blocks (pre-training), never he
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -40,12 +41,13 @@ class RowBatches:
             self.units = list(items)
         self.micro_batches_per_epoch = math.ceil(len(self.units) / batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[LMBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+        """Micro-batches of `epoch`, from the `start`-th on (a resumed run skips what it had)."""
         order = list(range(len(self.units)))
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        for start in range(0, len(order), self.batch_size):
-            yield collate([self.units[i] for i in order[start : start + self.batch_size]], self.pad_id)
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            yield collate([self.units[i] for i in order[first : first + self.batch_size]], self.pad_id)
 
     def all(self) -> list[LMBatch]:
         return list(self.epoch(0))
@@ -123,7 +125,11 @@ class TextBlocks:
         self.micro_batches_per_epoch = math.ceil(n / self.batch_size) if n else 0
         return n
 
-    def epoch(self, epoch: int) -> Iterator[LMBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+        """A stream cannot jump: the first `start` micro-batches are made again and skipped."""
+        return itertools.islice(self._epoch(epoch), start, None)
+
+    def _epoch(self, epoch: int) -> Iterator[LMBatch]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         pool: list[list[int]] = []
         batch: list[list[int]] = []

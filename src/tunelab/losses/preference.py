@@ -28,3 +28,22 @@ def bradley_terry_loss(
     if center:
         loss = loss + center * (r_chosen + r_rejected) ** 2
     return loss.sum()
+
+
+def dpo_sigmoid_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
+) -> Tensor:
+    """DPO: sum over pairs of -log sigmoid(beta * [(pi_c - ref_c) - (pi_r - ref_r)]); inputs are sequence log-probs."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).sum()
+
+
+def ipo_loss(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
+) -> Tensor:
+    """IPO: sum over pairs of (margin - 1 / (2 beta))^2, which does not push the margin to infinity."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return ((margin - 1 / (2 * beta)) ** 2).sum()
+
+
+DPO_LOSSES = {"sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss}

@@ -36,3 +36,57 @@ def next_token_logits(model, batch: LMBatch) -> tuple[Tensor, Tensor]:
     else:
         out = model(**batch.model_inputs(), logits_to_keep=predicts)
     return out.logits.reshape(-1, out.logits.shape[-1]), targets
+
+
+def token_logprobs(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    target_mask: Tensor,
+    temperature: float = 1.0,
+    value_head=None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Log-prob and entropy of every target token given its prefix, flat over targets: (K,), (K,), values (K,) | None.
+
+    target_mask (B, T) marks the tokens to score (completion tokens); position ids follow the attention
+    mask, so left-padded prompts give the positions generation used. Logits are divided by the sampling
+    temperature, so these are the log-probs of the distribution the tokens were drawn from.
+    """
+    predicts = torch.zeros_like(target_mask, dtype=torch.bool)  # (B, T) position t scores token t+1
+    predicts[:, :-1] = target_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][target_mask[:, 1:].bool()]  # (K,)
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    is_prompt, n_virtual = prompt_learning(model)
+    if is_prompt:
+        if value_head is not None:
+            raise ValueError(
+                "a value head (PPO) needs lora, dora or full fine-tuning, not prompt/prefix tuning"
+            )
+        keep = torch.cat([predicts.new_zeros(predicts.shape[0], n_virtual), predicts], dim=1)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+    else:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=predicts,
+            output_hidden_states=value_head is not None,
+        )
+    logits = out.logits.reshape(-1, out.logits.shape[-1]).float() / temperature  # (K, V)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(1, targets[:, None]).squeeze(1)  # (K,)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (K,)
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1][predicts]  # (K, H)
+        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
+    return logp, entropy, values
+
+
+def sequence_logprobs(model, batch: LMBatch) -> Tensor:
+    """Sum of log-probs of the labelled tokens of each row: (B,). For DPO."""
+    logits, targets = next_token_logits(model, batch)  # (K, V), (K,)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)  # (K,)
+    rows = torch.arange(batch.labels.shape[0], device=logp.device)[:, None].expand_as(batch.labels[:, 1:])
+    row_of_target = rows[batch.labels[:, 1:] != IGNORE]  # (K,)
+    return torch.zeros(batch.labels.shape[0], device=logp.device).index_add(0, row_of_target, logp)

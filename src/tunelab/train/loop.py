@@ -18,7 +18,6 @@ several processes.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import resource
@@ -44,7 +43,7 @@ from tunelab.train.optim import build_optimizer, lr_at
 class BatchSource(Protocol):
     micro_batches_per_epoch: int | None  # None when streaming and unknown
 
-    def epoch(self, epoch: int) -> Iterable[Any]: ...
+    def epoch(self, epoch: int, start: int = 0) -> Iterable[Any]: ...  # from the start-th micro-batch on
 
 
 LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -82,7 +81,7 @@ def _micro_batches(batches: BatchSource, state: LoopState) -> Iterator[Any]:
     """Endless micro-batches from the saved position, advancing `state.epoch/micro` as they are taken."""
     while True:
         produced = False
-        for batch in itertools.islice(batches.epoch(state.epoch), state.micro, None):
+        for batch in batches.epoch(state.epoch, start=state.micro):
             produced = True
             state.micro += 1
             yield batch
@@ -337,6 +336,8 @@ def train(
                 "tokens": state.tokens,
                 "skipped": int(reason is not None),
                 **{k: v / n_units for k, v in metric_sums.items()},
+                **_batch_stats(micro),
+                "step_s": dt,
             }
             due_eval = bool(eval_batches or evaluators) and (
                 bool(tc.eval_every and state.step % tc.eval_every == 0) or state.step == total
@@ -397,6 +398,15 @@ def train(
         write_report(run_dir, cfg, unwrapped, summary, report or {})
     console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
+
+
+def _batch_stats(micro: list) -> dict[str, float]:
+    """Statistics a batch carries already averaged (RL rollouts: reward, KL, timings), averaged over micro-batches."""
+    seen: dict[str, list[float]] = {}
+    for batch in micro:
+        for k, v in getattr(batch, "stats", {}).items():
+            seen.setdefault(k, []).append(float(v))
+    return {k: sum(v) / len(v) for k, v in seen.items()}
 
 
 def _early_stopping(row, state, cfg, model, tok, run_dir, console) -> bool:

@@ -1,0 +1,1 @@
+"""Reinforcement learning pieces: rewards are plain callables, rollouts are a batch generator."""

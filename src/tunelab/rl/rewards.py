@@ -1,0 +1,172 @@
+"""Reward sources: plain callables `(example, completion) -> float`, combined with weights.
+
+    reward = build_reward(["exact", {"name": "length", "weight": 0.1}, "rm:runs/rm/final"])
+    reward(example, completion)            # one float; reward.parts(...) gives each source's value
+
+Names: exact | number | regex:PATTERN | length | rm:PATH | reasoning_gym:TASK | module:function.
+`example` is a prompts row: {"prompt": ..., "answer" or "reference": ...}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunelab.errors import TunelabError
+
+RewardFn = Callable[[dict, str], float]
+NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+
+
+def _reference(example: dict) -> str:
+    ref = example.get("answer", example.get("reference"))
+    if ref is None:
+        raise TunelabError(
+            "This reward compares with a reference: each prompt row needs an `answer` (or `reference`)."
+        )
+    return str(ref)
+
+
+def extract_answer(completion: str) -> str:
+    """The final answer: after the last 'answer:' marker if there is one, else the whole text, stripped."""
+    marker = re.split(r"(?i)(?:final answer|answer)\s*[:=]", completion)
+    return marker[-1].strip().strip(".").strip()
+
+
+def exact_answer(example: dict, completion: str) -> float:
+    return float(extract_answer(completion).lower() == _reference(example).strip().lower())
+
+
+def last_number(text: str) -> float | None:
+    found = NUMBER.findall(text)
+    return float(found[-1].replace(",", ".")) if found else None
+
+
+def number_close(example: dict, completion: str, tolerance: float = 1e-6) -> float:
+    """1 when the last number in the completion is within `tolerance` of the reference number."""
+    got, want = last_number(completion), last_number(_reference(example))
+    return float(got is not None and want is not None and abs(got - want) <= tolerance)
+
+
+def regex_reward(pattern: str) -> RewardFn:
+    compiled = re.compile(pattern, re.DOTALL)
+
+    def matches(example: dict, completion: str) -> float:
+        return float(bool(compiled.search(completion)))
+
+    return matches
+
+
+def length_penalty(example: dict, completion: str, target: int = 200) -> float:
+    """0 up to `target` characters, then -1 per `target` characters beyond (a leash on rambling)."""
+    return -max(0, len(completion) - target) / target
+
+
+def _rm_reward(path: str) -> RewardFn:
+    from tunelab.rm import RewardScorer
+
+    scorer = RewardScorer(path)
+
+    def reward_model(example: dict, completion: str) -> float:
+        return scorer.score([(example["prompt"], completion)])[0]
+
+    reward_model.batch = lambda examples, completions: scorer.score(  # type: ignore[attr-defined]
+        [(e["prompt"], c) for e, c in zip(examples, completions, strict=True)]
+    )
+    return reward_model
+
+
+def _gym_reward(task: str) -> RewardFn:
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise TunelabError(
+            "reward=reasoning_gym:... needs the optional extra: pip install 'tunelab[gym]'."
+        ) from None
+    dataset = reasoning_gym.create_dataset(task, size=1, seed=0)
+
+    def gym(example: dict, completion: str) -> float:
+        entry = example.get("entry") or {
+            "answer": _reference(example),
+            "metadata": example.get("metadata", {}),
+        }
+        return float(dataset.score_answer(answer=extract_answer(completion), entry=entry))
+
+    return gym
+
+
+def _module_reward(spec: str) -> RewardFn:
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise TunelabError(f"reward '{spec}': cannot import {name} from {module} ({exc}).") from None
+    if not callable(fn):
+        raise TunelabError(f"reward '{spec}' is not callable.")
+    return fn
+
+
+SIMPLE = {"exact": exact_answer, "number": number_close, "length": length_penalty}
+
+
+def reward_source(name: str) -> RewardFn:
+    """One reward callable from its name (see the module docstring)."""
+    if name in SIMPLE:
+        return SIMPLE[name]
+    kind, sep, arg = name.partition(":")
+    if sep and kind == "regex":
+        return regex_reward(arg)
+    if sep and kind == "rm":
+        return _rm_reward(arg)
+    if sep and kind == "reasoning_gym":
+        return _gym_reward(arg)
+    if sep and arg:
+        return _module_reward(name)
+    raise TunelabError(
+        f"Unknown reward '{name}'. Use one of: {', '.join(SIMPLE)}, regex:PATTERN, rm:PATH, "
+        "reasoning_gym:TASK, or module:function."
+    )
+
+
+@dataclass
+class Combined:
+    """Weighted sum of reward sources; a source that raises or returns NaN is an error naming it."""
+
+    sources: list[tuple[str, float, RewardFn]]
+
+    def parts(self, examples: list[dict], completions: list[str]) -> dict[str, list[float]]:
+        out = {}
+        for name, _, fn in self.sources:
+            batch = getattr(fn, "batch", None)
+            try:
+                values = (
+                    batch(examples, completions)
+                    if batch
+                    else [float(fn(e, c)) for e, c in zip(examples, completions, strict=True)]
+                )
+            except TunelabError:
+                raise
+            except Exception as exc:  # a user's reward function failed: say which and on what
+                raise TunelabError(f"reward '{name}' raised {type(exc).__name__}: {exc}") from exc
+            if any(v != v for v in values):
+                raise TunelabError(f"reward '{name}' returned NaN; rewards must be numbers.")
+            out[name] = values
+        return out
+
+    def total(self, parts: dict[str, list[float]]) -> list[float]:
+        n = len(next(iter(parts.values())))
+        return [sum(w * parts[name][i] for name, w, _ in self.sources) for i in range(n)]
+
+
+def build_reward(spec) -> Combined:
+    """`"exact"`, `["exact", "length"]` or `[{"name": ..., "weight": ...}, ...]` -> Combined."""
+    items = spec if isinstance(spec, list) else [spec]
+    sources = []
+    for item in items:
+        name, weight = (
+            (item, 1.0) if isinstance(item, str) else (item["name"], float(item.get("weight", 1.0)))
+        )
+        sources.append((name, weight, reward_source(name)))
+    return Combined(sources)

@@ -1,0 +1,275 @@
+"""Rollouts as a batch generator: sample G completions per prompt with the current policy, score
+them, and hand the training loop a batch with everything the policy loss needs.
+
+    source = RolloutSource(policy, tok, prompt_rows, reward, cfg, ref=...)
+    for batch in source.epoch(0): ...        # one RolloutBatch per optimizer step (x ppo_epochs)
+
+The reward lands on each completion's last generated token (its EOS when it stopped), never on
+padding: padding after EOS is not a completion token at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tunelab.data.render import RenderOptions, prompt_text
+from tunelab.losses import policy as P
+from tunelab.models.forward import token_logprobs
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: Tensor  # (N, T) left-padded prompt, then the completion, then padding
+    attention_mask: Tensor  # (N, T) 1 on prompt and completion tokens
+    completion_mask: Tensor  # (N, T) bool: completion tokens, EOS included
+    seq: Tensor  # (K,) sequence index of each completion token (row-major)
+    old_logp: Tensor  # (K,) log-probs at sampling time, recomputed by the trainer's forward
+    ref_logp: Tensor | None  # (K,) reference model (adapter off / frozen copy)
+    adv: Tensor  # (K,) advantage of each token
+    returns: Tensor | None  # (K,) PPO value targets
+    old_values: Tensor | None  # (K,) PPO values at sampling time
+    rewards: Tensor  # (N,) total reward per completion
+    stats: dict = field(default_factory=dict)  # already averaged: logged as they are
+
+    @property
+    def n_targets(self) -> int:
+        """The loop averages the policy loss over completion tokens."""
+        return int(self.seq.shape[0])
+
+
+def first_stop(row: list[int], eos_ids: set[int]) -> int | None:
+    """Index of the first EOS (any of several ids) in a completion, or None."""
+    for i, t in enumerate(row):
+        if t in eos_ids:
+            return i
+    return None
+
+
+def completion_layout(
+    sequences: Tensor, prompt_len: int, prompt_mask: Tensor, eos_ids: set[int], pad_id: int
+):
+    """(attention_mask, completion_mask, lengths, stopped) for generated `sequences` (N, P + C).
+
+    A completion ends at its first EOS (kept: the model learns to stop) or at the length limit;
+    everything after is padding and carries neither attention nor reward.
+    """
+    N, T = sequences.shape
+    completion_mask = torch.zeros((N, T), dtype=torch.bool)
+    lengths, stopped = [], []
+    for i in range(N):
+        row = sequences[i, prompt_len:].tolist()
+        stop = first_stop(row, eos_ids)
+        n = stop + 1 if stop is not None else len(row)
+        completion_mask[i, prompt_len : prompt_len + n] = True
+        lengths.append(n)
+        stopped.append(stop is not None)
+    attention_mask = torch.cat([prompt_mask.bool(), completion_mask[:, prompt_len:]], dim=1).long()
+    return attention_mask, completion_mask, lengths, stopped
+
+
+def token_rewards(rewards: Tensor, seq: Tensor) -> Tensor:
+    """(K,) zeros except each sequence's last completion token, which holds its reward."""
+    out = torch.zeros(seq.shape[0], dtype=torch.float32)
+    last = torch.ones(seq.shape[0], dtype=torch.bool)
+    last[:-1] = seq[1:] != seq[:-1]
+    out[last] = rewards[seq[last]].float()
+    return out
+
+
+class RolloutSource:
+    """Prompts in a seeded order, `prompts_per_step` x `group` completions per step."""
+
+    def __init__(
+        self,
+        policy,
+        tok,
+        rows: list[dict],
+        reward,
+        cfg,
+        *,
+        ref=None,
+        value_head=None,
+        samples_path: Path | None = None,
+        opts: RenderOptions | None = None,
+    ):
+        self.policy, self.tok, self.rows, self.reward, self.cfg = policy, tok, rows, reward, cfg
+        self.ref, self.value_head, self.samples_path = ref, value_head, samples_path
+        self.opts = opts or RenderOptions()
+        self.per_step = cfg.rl.prompts_per_step
+        self.micro_batches_per_epoch = math.ceil(len(rows) / self.per_step) * cfg.rl.ppo_epochs
+        eos = tok.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | set(cfg.rollout.extra_eos_ids)
+        self.first: dict[str, float] = {}
+        self.alerts: list[dict] = []
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[RolloutBatch]:
+        order = list(range(len(self.rows)))
+        random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+        ppo_epochs = self.cfg.rl.ppo_epochs
+        n_steps = math.ceil(len(order) / self.per_step)
+        for step in range(start // ppo_epochs, n_steps):
+            examples = [self.rows[i] for i in order[step * self.per_step : (step + 1) * self.per_step]]
+            batch = self.make_batch(examples, seed=self.cfg.seed * 1_000_003 + epoch * 100_003 + step)
+            for repeat in range(ppo_epochs):
+                if step * ppo_epochs + repeat >= start:
+                    yield batch
+
+    @torch.no_grad()
+    def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
+        cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
+        t0 = time.perf_counter()
+        self.policy.eval()
+        texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
+        side = tok.padding_side
+        tok.padding_side = "left"
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        tok.padding_side = side
+        prompt_len = enc["input_ids"].shape[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.policy.generate(
+                **enc,
+                do_sample=True,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                top_k=None,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=tok.pad_token_id,
+                stop_strings=cfg.rollout.stop or None,
+                tokenizer=tok if cfg.rollout.stop else None,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+        sequences = out.sequences
+        attention_mask, completion_mask, lengths, stopped = completion_layout(
+            sequences, prompt_len, enc["attention_mask"], self.eos_ids, tok.pad_token_id
+        )
+        completions = [
+            tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
+            for i, n in enumerate(lengths)
+        ]
+        for stop in cfg.rollout.stop:  # the text ends where a stop string begins
+            completions = [c.split(stop)[0] for c in completions]
+        gen_logits = torch.stack(out.logits, dim=1).float() / cfg.rollout.temperature  # (N, C, V)
+        t_gen = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        repeated = [e for e in examples for _ in range(G)]
+        parts = self.reward.parts(repeated, completions)
+        rewards = torch.tensor(self.reward.total(parts), dtype=torch.float32)  # (N,)
+        t_score = time.perf_counter() - t1
+
+        # log-probs recomputed by the trainer's own forward (same dtype as training), and the mismatch
+        old_logp, entropy, old_values = token_logprobs(
+            self.policy, sequences, attention_mask, completion_mask, cfg.rollout.temperature, self.value_head
+        )
+        seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
+        gen_tokens = sequences[:, prompt_len:][completion_mask[:, prompt_len:]]
+        gen_logp = (
+            torch.log_softmax(gen_logits[completion_mask[:, prompt_len:]], dim=-1)
+            .gather(1, gen_tokens[:, None])
+            .squeeze(1)
+        )
+        ref_logp = None
+        if self.ref is not None:
+            ref_logp = self.ref(sequences, attention_mask, completion_mask)
+        kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
+        adv, returns = self.advantages(rewards, seq, kl_tok, old_values)
+        self.policy.train()
+
+        stats = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
+            "kl": float(P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean())
+            if ref_logp is not None
+            else 0.0,
+            "entropy": float(entropy.mean()),
+            "completion_len": sum(lengths) / len(lengths),
+            "stopped_share": sum(stopped) / len(stopped),
+            "zero_var_groups": P.zero_variance_share(rewards, G) if G > 1 else 0.0,
+            "logp_mismatch": float((gen_logp - old_logp).abs().mean()),
+            "time_generate_s": t_gen,
+            "time_score_s": t_score,
+        }
+        self.watch(stats)
+        self.write_samples(repeated, completions, rewards.tolist())
+        return RolloutBatch(
+            sequences,
+            attention_mask,
+            completion_mask,
+            seq,
+            old_logp,
+            ref_logp,
+            adv,
+            returns,
+            old_values,
+            rewards,
+            stats,
+        )
+
+    def advantages(self, rewards: Tensor, seq: Tensor, kl_tok: Tensor, values: Tensor | None):
+        cfg = self.cfg
+        penalty = cfg.kl.beta * kl_tok if cfg.kl.mode == "reward" else torch.zeros_like(kl_tok)
+        if cfg.algo == "ppo":  # per-token rewards: -beta * KL on every token, the task reward on the last one
+            tok_rewards = token_rewards(rewards, seq) - penalty
+            adv, returns = P.gae(tok_rewards, values, seq, cfg.rl.gamma, cfg.rl.lam)
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8) if adv.numel() > 1 else adv
+            return adv, returns
+        seq_rewards = rewards.clone()
+        if cfg.kl.mode == "reward":  # the summed KL of each completion comes off its reward
+            seq_rewards -= torch.zeros_like(rewards).index_add(0, seq, penalty)
+        adv_seq = P.ADVANTAGES[cfg.algo](seq_rewards, cfg.rl.group)  # (N,)
+        return adv_seq[seq], None
+
+    def watch(self, stats: dict) -> None:
+        """Alerts for the usual signs of reward hacking: KL explodes, entropy collapses, length runs away."""
+        if not self.first:
+            self.first = dict(stats)
+        checks = [
+            ("kl", stats["kl"] > self.cfg.alerts.kl, f"KL {stats['kl']:.3f} > {self.cfg.alerts.kl}"),
+            (
+                "entropy",
+                stats["entropy"] < self.cfg.alerts.entropy_drop * self.first["entropy"],
+                f"entropy {stats['entropy']:.3f} fell below {self.cfg.alerts.entropy_drop:g} x its start {self.first['entropy']:.3f}",
+            ),
+            (
+                "length",
+                stats["completion_len"] > self.cfg.alerts.length_growth * self.first["completion_len"]
+                and stats["stopped_share"] < 0.5,
+                f"completions grew to {stats['completion_len']:.1f} tokens (start {self.first['completion_len']:.1f}) and most hit the limit",
+            ),
+        ]
+        for name, fired, text in checks:
+            if fired:
+                self.alerts.append({"alert": name, "text": text})
+        stats["alerts"] = sum(1 for _, fired, _ in checks if fired)
+
+    def write_samples(self, examples: list[dict], completions: list[str], rewards: list[float]) -> None:
+        if self.samples_path is None:
+            return
+        with self.samples_path.open("a") as f:
+            for e, c, r in list(zip(examples, completions, rewards, strict=True))[
+                : self.cfg.rl.samples_per_step
+            ]:
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": e["prompt"] if isinstance(e["prompt"], str) else str(e["prompt"]),
+                            "completion": c,
+                            "reward": r,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )

@@ -1,0 +1,158 @@
+"""DPO: offline preference optimisation on the pairs a reward model would train on, without one.
+
+    tunelab dpo configs/dpo.yaml data.train=prefs.jsonl dpo.beta=0.1
+
+loss = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
+(or IPO's squared form). The reference is the policy with its adapter switched off, or a frozen
+copy for full fine-tuning. Log-probs are summed over the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tunelab.data.batch import LMBatch, collate
+from tunelab.data.read import read_dataset
+from tunelab.data.render import Tokenized, render_chat, render_pair
+from tunelab.errors import TunelabError
+from tunelab.losses.preference import DPO_LOSSES
+from tunelab.models.forward import sequence_logprobs
+from tunelab.schema import DPOConfig
+from tunelab.stages.common import prepare_model, render_options, split_holdout
+from tunelab.train.loop import train
+
+
+@dataclass
+class DPOBatch:
+    seqs: LMBatch  # (2B, T): B chosen rows, then B rejected; labels only on the answers
+
+    @property
+    def n_targets(self) -> int:
+        return self.seqs.input_ids.shape[0] // 2
+
+
+def render_with_labels(tok, prompt, answer, opts) -> Tokenized:
+    if isinstance(answer, list) or isinstance(prompt, list):
+        head = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        tail = answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
+        return render_chat(tok, head + tail)
+    return render_pair(tok, prompt, answer, opts)
+
+
+class DPOBatches:
+    def __init__(
+        self,
+        pairs: list[tuple[Tokenized, Tokenized]],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
+        import math
+
+        self.pairs, self.batch_size, self.pad_id, self.seed, self.shuffle = (
+            pairs,
+            batch_size,
+            pad_id,
+            seed,
+            shuffle,
+        )
+        self.micro_batches_per_epoch = math.ceil(len(pairs) / batch_size)
+
+    def epoch(self, epoch: int, start: int = 0):
+        import random
+
+        order = list(range(len(self.pairs)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        for i in range(start * self.batch_size, len(order), self.batch_size):
+            chunk = [self.pairs[j] for j in order[i : i + self.batch_size]]
+            yield DPOBatch(collate([c for c, _ in chunk] + [r for _, r in chunk], self.pad_id))
+
+    def all(self):
+        return list(self.epoch(0))
+
+
+def make_loss_fn(cfg: DPOConfig, ref_model=None):
+    dpo_loss = DPO_LOSSES[cfg.dpo.loss]
+
+    def ref_logps(model, batch: DPOBatch) -> Tensor:
+        with torch.no_grad():
+            if ref_model is not None:
+                return sequence_logprobs(ref_model, batch.seqs)
+            with model.disable_adapter():
+                return sequence_logprobs(model, batch.seqs)
+
+    def loss_fn(model, batch: DPOBatch) -> tuple[Tensor, dict]:
+        policy = sequence_logprobs(model, batch.seqs)  # (2B,)
+        ref = ref_logps(model, batch)  # (2B,)
+        pc, pr = policy.chunk(2)
+        rc, rr = ref.chunk(2)
+        loss = dpo_loss(pc, pr, rc, rr, cfg.dpo.beta)
+        margin = ((pc - rc) - (pr - rr)).detach()  # the chosen-over-rejected log-ratio margin
+        return loss, {
+            "margin": float(margin.sum()),
+            "accuracy": float((margin > 0).sum()),
+            "reward_chosen": float(cfg.dpo.beta * (pc - rc).detach().sum()),
+            "reward_rejected": float(cfg.dpo.beta * (pr - rr).detach().sum()),
+        }
+
+    return loss_fn
+
+
+def render_pairs(rows, tok, cfg: DPOConfig):
+    opts = render_options(cfg)
+    pairs = []
+    for row in rows:
+        chosen = render_with_labels(tok, row["prompt"], row["chosen"], opts)
+        rejected = render_with_labels(tok, row["prompt"], row["rejected"], opts)
+        if max(len(chosen.input_ids), len(rejected.input_ids)) > cfg.train.max_len:
+            continue  # a cut answer would compare the wrong things
+        if not chosen.n_trained or not rejected.n_trained:
+            raise TunelabError("A preference answer has no tokens to score after rendering.")
+        pairs.append((chosen, rejected))
+    return pairs
+
+
+def main(cfg: DPOConfig) -> Path:
+    if not cfg.data.train:
+        raise TunelabError("dpo needs preference pairs: set data.train=PATH (prompt, chosen, rejected).")
+    if cfg.adapter in ("prompt", "prefix"):
+        raise TunelabError("dpo trains with adapter=none, lora or dora.")
+    rows = read_dataset(cfg.data.train, "preference")
+    held_rows = read_dataset(cfg.data.eval, "preference") if cfg.data.eval else []
+    if not held_rows:
+        rows, held_rows = split_holdout(rows, cfg.data.eval_split, cfg.seed)
+    model, tok = prepare_model(cfg)
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.adapter == "none" else None
+    pairs = render_pairs(rows, tok, cfg)
+    if not pairs:
+        raise TunelabError(f"No pairs fit train.max_len={cfg.train.max_len}.")
+    report = {
+        "train pairs": f"{len(pairs)} of {len(rows)} (longer ones skipped)",
+        "beta": cfg.dpo.beta,
+        "loss": cfg.dpo.loss,
+    }
+    eval_batches = None
+    if held_rows:
+        eval_batches = DPOBatches(
+            render_pairs(held_rows, tok, cfg), cfg.train.batch_size, tok.pad_token_id, shuffle=False
+        ).all()
+        report["eval pairs"] = len(held_rows)
+    batches = DPOBatches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
+    return train(
+        model,
+        tok,
+        batches,
+        make_loss_fn(cfg, ref_model),
+        cfg,
+        stage="dpo",
+        eval_batches=eval_batches,
+        report=report,
+        unit="pairs",
+    )

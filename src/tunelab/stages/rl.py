@@ -1,0 +1,160 @@
+"""RL from a reward: maximise E_x E_{y~pi(.|x)} r(x, y) while staying near the starting model.
+
+    tunelab rl configs/rl.yaml algo=grpo reward=exact data.train=prompts.jsonl
+
+A step: sample `rl.group` completions for each of `rl.prompts_per_step` prompts (the rollout source),
+score them, compute advantages (GRPO / RLOO group baselines, REINFORCE batch baseline, PPO GAE with
+a value head), then one policy-gradient update on the one training loop. The reference for the KL
+is the policy with its adapter switched off, or a frozen copy for full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from tunelab.data.read import read_dataset
+from tunelab.errors import TunelabError
+from tunelab.losses import policy as P
+from tunelab.models.forward import token_logprobs
+from tunelab.rl.rewards import build_reward
+from tunelab.rl.rollout import RolloutBatch, RolloutSource
+from tunelab.schema import RLConfig
+from tunelab.stages.common import prepare_model, render_options
+from tunelab.train.loop import default_run_dir, train
+
+POLICY_LOSS = {"grpo": "ppo_clip", "rloo": "reinforce", "reinforce": "reinforce", "ppo": "ppo_clip"}
+
+
+def make_loss_fn(cfg: RLConfig, value_head=None):
+    policy_loss = P.POLICY_LOSSES[POLICY_LOSS[cfg.algo]]
+    kl_estimate = P.KL_ESTIMATORS[cfg.kl.estimator]
+
+    def loss_fn(model, batch: RolloutBatch) -> tuple[Tensor, dict]:
+        logp, entropy, values = token_logprobs(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.completion_mask,
+            cfg.rollout.temperature,
+            value_head,
+        )  # (K,) each
+        loss = policy_loss(logp, batch.old_logp, batch.adv, cfg.rl.clip)  # (K,)
+        metrics = {"clip_frac": float(P.clip_fraction(logp.detach(), batch.old_logp, cfg.rl.clip).sum())}
+        if batch.ref_logp is not None and cfg.kl.mode == "loss" and cfg.kl.beta:
+            loss = loss + cfg.kl.beta * kl_estimate(logp, batch.ref_logp)
+        if values is not None:
+            v_loss = P.value_loss(values, batch.old_values, batch.returns, cfg.rl.clip)
+            loss = loss + cfg.rl.vf_coef * v_loss
+            metrics["value_loss"] = float(v_loss.detach().sum())
+        return loss.sum(), metrics  # a sum over completion tokens: the loop divides by the global count
+
+    return loss_fn
+
+
+def reference(model, cfg: RLConfig):
+    """Reference log-probs: the adapter switched off (no second copy), or a frozen copy of the full model."""
+    if cfg.adapter != "none":
+
+        def ref_logp(input_ids, attention_mask, completion_mask):
+            with model.disable_adapter():
+                return token_logprobs(
+                    model, input_ids, attention_mask, completion_mask, cfg.rollout.temperature
+                )[0]
+
+        return ref_logp
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def frozen_logp(input_ids, attention_mask, completion_mask):
+        return token_logprobs(frozen, input_ids, attention_mask, completion_mask, cfg.rollout.temperature)[0]
+
+    return frozen_logp
+
+
+def main(cfg: RLConfig) -> Path:
+    if not cfg.data.train:
+        raise TunelabError(
+            "rl needs prompts: set data.train=PATH (rows with `prompt`, and `answer` for verifiable rewards)."
+        )
+    if cfg.adapter in ("prompt", "prefix"):
+        raise TunelabError("rl trains with adapter=none, lora or dora.")
+    if cfg.rollout.backend == "vllm":
+        raise TunelabError(
+            "rollout.backend=vllm needs a GPU and the vllm extra; use rollout.backend=hf here."
+        )
+    rows = read_dataset(cfg.data.train, "prompts")
+    reward = build_reward(cfg.reward)
+    if cfg.algo in ("grpo", "rloo") and cfg.rl.group < 2:
+        raise TunelabError(f"algo={cfg.algo} compares samples of the same prompt: set rl.group >= 2.")
+    model, tok = prepare_model(cfg)
+    value_head = None
+    if cfg.algo == "ppo":
+        torch.manual_seed(cfg.seed)
+        value_head = torch.nn.Linear(model.config.hidden_size, 1)
+        torch.nn.init.zeros_(value_head.weight)  # values start at 0: early advantages are the plain returns
+        torch.nn.init.zeros_(value_head.bias)
+        model.v_head = value_head  # a submodule: the optimizer and the checkpoints see it
+    ref = reference(model, cfg)  # always: the KL is logged even when beta is 0
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir("rl")
+    cfg.out = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    source = RolloutSource(
+        model,
+        tok,
+        rows,
+        reward,
+        cfg,
+        ref=ref,
+        value_head=value_head,
+        samples_path=run_dir / "samples.jsonl",
+        opts=render_options(cfg),
+    )
+    report = {
+        "prompts": len(rows),
+        "reward": str(cfg.reward),
+        "algo": cfg.algo,
+        "kl": f"beta {cfg.kl.beta}, {cfg.kl.mode}, estimator {cfg.kl.estimator}",
+        "step": f"{cfg.rl.prompts_per_step} prompts x {cfg.rl.group} completions, up to {cfg.rollout.max_new_tokens} new tokens",
+    }
+    run = train(
+        model,
+        tok,
+        source,
+        make_loss_fn(cfg, value_head),
+        cfg,
+        stage="rl",
+        report=report,
+        unit="completion tokens",
+    )
+    _append_rl_report(run, source)
+    return run
+
+
+def _append_rl_report(run: Path, source: RolloutSource) -> None:
+    import json
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = ["", "## RL", ""]
+    if rows:
+        k = max(1, len(rows) // 4)
+        first, last = rows[:k], rows[-k:]
+        mean = lambda rs, key: sum(r.get(key, 0.0) or 0.0 for r in rs) / len(rs)  # noqa: E731
+        lines.append(
+            f"- mean reward: {mean(first, 'reward'):.3f} (first {k} steps) -> {mean(last, 'reward'):.3f} (last {k})"
+        )
+        lines.append(
+            f"- KL to reference: {mean(last, 'kl'):.4f}, entropy {mean(last, 'entropy'):.3f}, "
+            f"completion length {mean(last, 'completion_len'):.1f} tokens (last {k} steps)"
+        )
+        t = {key: mean(rows, key) for key in ("time_generate_s", "time_score_s", "step_s")}
+        lines.append(
+            f"- time per step: {t['step_s']:.2f} s = generate {t['time_generate_s']:.2f} + score "
+            f"{t['time_score_s']:.2f} + train {t['step_s'] - t['time_generate_s'] - t['time_score_s']:.2f}"
+        )
+    lines += [f"- alerts: {len(source.alerts)}"] + [f"  - {a['text']}" for a in source.alerts[:10]]
+    lines.append("- samples: `samples.jsonl` (prompt, completion, reward)")
+    with (run / "report.md").open("a") as f:
+        f.write("\n".join(lines) + "\n")
