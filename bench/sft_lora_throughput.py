@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tunelab.config import load_config
-    from tunelab.data.sources import RowBatches
+    from tunelab.data.sources import row_batches
     from tunelab.schema import SFTConfig
     from tunelab.stages.common import prepare_model, render_rows
     from tunelab.stages.sft import loss_fn
@@ -87,7 +87,7 @@ def main() -> None:
     n_rows = args.batch * (args.steps + 1) * (6 if args.pack else 1)  # packing puts ~6 rows in a sequence
     items, stats = render_rows(make_rows(n_rows, tok), tok, cfg)
     pack_len = 1024 if args.pack else None  # several rows per sequence
-    batches = list(RowBatches(items, args.batch, tok.pad_token_id, pack_len=pack_len).epoch(0))
+    batches = list(row_batches(items, args.batch, tok.pad_token_id, pack_len=pack_len).epoch(0))
     optimizer = build_optimizer(model, cfg.train)
     model.train()
     c = model.config

@@ -173,7 +173,7 @@ def test_trained_adapter_reloads_to_the_same_outputs_and_merges(tmp_path, pairs_
 
 
 def test_guard_skips_nan_and_spike_then_rolls_back(tmp_path, pairs_file):
-    from tunelab.data.sources import RowBatches
+    from tunelab.data.sources import row_batches
     from tunelab.train.loop import train
 
     cfg = sft_config(
@@ -202,7 +202,7 @@ def test_guard_skips_nan_and_spike_then_rolls_back(tmp_path, pairs_file):
             return loss_sum * float("inf"), metrics  # two bad in a row: roll back
         return loss_sum, metrics
 
-    run = train(model, tok, RowBatches(items, 2, tok.pad_token_id), faulty_loss, cfg, stage="sft")
+    run = train(model, tok, row_batches(items, 2, tok.pad_token_id), faulty_loss, cfg, stage="sft")
     rows = metrics(run)
     assert [r["step"] for r in rows if r["skipped"]] == [7, 9, 11, 12]
     assert rows[6]["loss"] is None  # NaN is logged as null, never trained on
@@ -215,7 +215,7 @@ def test_guard_skips_nan_and_spike_then_rolls_back(tmp_path, pairs_file):
 
 
 def test_early_stopping_keeps_the_best_model_as_final(tmp_path, pairs_file):
-    from tunelab.data.sources import RowBatches
+    from tunelab.data.sources import row_batches
     from tunelab.train.loop import train
 
     cfg = sft_config(
@@ -238,11 +238,11 @@ def test_early_stopping_keeps_the_best_model_as_final(tmp_path, pairs_file):
             loss_sum = loss_sum.detach() * 0 + 10.0 * evals["n"]
         return loss_sum, metrics
 
-    held = RowBatches(items[:2], 2, tok.pad_token_id, shuffle=False).all()
+    held = row_batches(items[:2], 2, tok.pad_token_id, shuffle=False).all()
     run = train(
         model,
         tok,
-        RowBatches(items, 4, tok.pad_token_id),
+        row_batches(items, 4, tok.pad_token_id),
         worsening_eval,
         cfg,
         stage="sft",

@@ -226,6 +226,10 @@ class RLConfig(StageConfig):
         "lora", description="none (frozen copy as reference) | lora | dora (adapter off = reference)"
     )
     algo: Literal["grpo", "rloo", "reinforce", "ppo"] = Field("grpo", description="policy-gradient variant")
+    lora: LoraSection = Field(
+        default_factory=lambda: LoraSection(dropout=0.0),
+        description="LoRA options (no dropout: the sampler and the trainer then see the same policy)",
+    )
     reward: str | list[str | dict] = Field(
         "exact",
         description="exact | number | regex:P | length | rm:PATH | reasoning_gym:TASK | module:fn, or a weighted list",

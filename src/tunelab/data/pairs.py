@@ -6,9 +6,6 @@ batch = collate_pairs([Pair(...), ...], pad_id)            # chosen rows first, 
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -85,25 +82,8 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> PairBatch:
     )
 
 
-class PairBatches:
-    """Pairs shuffled per epoch (seed + epoch), `batch_size` pairs per micro-batch."""
+def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True):
+    """Pairs shuffled per epoch, `batch_size` pairs per micro-batch."""
+    from tunelab.data.sources import Shuffled
 
-    def __init__(self, pairs: list[Pair], batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True):
-        self.pairs, self.batch_size, self.pad_id, self.seed, self.shuffle = (
-            pairs,
-            batch_size,
-            pad_id,
-            seed,
-            shuffle,
-        )
-        self.micro_batches_per_epoch = math.ceil(len(pairs) / batch_size)
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[PairBatch]:
-        order = list(range(len(self.pairs)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        for first in range(start * self.batch_size, len(order), self.batch_size):
-            yield collate_pairs([self.pairs[i] for i in order[first : first + self.batch_size]], self.pad_id)
-
-    def all(self) -> list[PairBatch]:
-        return list(self.epoch(0))
+    return Shuffled(pairs, batch_size, lambda chunk: collate_pairs(chunk, pad_id), seed, shuffle)

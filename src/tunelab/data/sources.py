@@ -1,6 +1,6 @@
 """Batch sources for the training loop: `epoch(e)` yields micro-batches in a fixed, seeded order.
 
-RowBatches   rendered rows (SFT) padded per micro-batch, or packed several to a sequence
+row_batches   rendered rows (SFT) padded per micro-batch, or packed several to a sequence
 TextBlocks   a text stream cut into fixed-length blocks (pre-training), never held in memory whole
 """
 
@@ -20,37 +20,49 @@ from tunelab.data.render import Tokenized, render_text
 from tunelab.errors import DataError, Problem
 
 
-class RowBatches:
-    """In-memory rows, shuffled per epoch (seed + epoch), `batch_size` rows or packed sequences per micro-batch."""
+class Shuffled:
+    """Units (rows, pairs, packed sequences) shuffled per epoch (seed + epoch), `batch_size` units per
+    micro-batch, turned into a batch by `make_batch`."""
 
-    def __init__(
-        self,
-        items: list[Tokenized],
-        batch_size: int,
-        pad_id: int,
-        seed: int = 0,
-        pack_len: int | None = None,
-        shuffle: bool = True,
-    ):
-        self.batch_size, self.pad_id, self.seed, self.shuffle = batch_size, pad_id, seed, shuffle
-        if pack_len:  # packed once, in a seeded order; the sequences are then shuffled each epoch
-            order = list(items)
-            random.Random(seed).shuffle(order)
-            self.units = pack(order, pack_len)
-        else:
-            self.units = list(items)
-        self.micro_batches_per_epoch = math.ceil(len(self.units) / batch_size)
+    def __init__(self, units: list, batch_size: int, make_batch, seed: int = 0, shuffle: bool = True):
+        self.units, self.batch_size, self.make_batch, self.seed, self.shuffle = (
+            units,
+            batch_size,
+            make_batch,
+            seed,
+            shuffle,
+        )
+        self.micro_batches_per_epoch = math.ceil(len(units) / batch_size)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator:
         """Micro-batches of `epoch`, from the `start`-th on (a resumed run skips what it had)."""
         order = list(range(len(self.units)))
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         for first in range(start * self.batch_size, len(order), self.batch_size):
-            yield collate([self.units[i] for i in order[first : first + self.batch_size]], self.pad_id)
+            yield self.make_batch([self.units[i] for i in order[first : first + self.batch_size]])
 
-    def all(self) -> list[LMBatch]:
+    def all(self) -> list:
         return list(self.epoch(0))
+
+
+def row_batches(
+    items: list[Tokenized],
+    batch_size: int,
+    pad_id: int,
+    seed: int = 0,
+    pack_len: int | None = None,
+    shuffle: bool = True,
+) -> Shuffled:
+    """Rendered rows (SFT) padded per micro-batch, or packed several to a sequence of `pack_len` tokens.
+    Packing happens once, in a seeded order; the sequences are then shuffled each epoch."""
+    if pack_len:
+        order = list(items)
+        random.Random(seed).shuffle(order)
+        units = pack(order, pack_len)
+    else:
+        units = list(items)
+    return Shuffled(units, batch_size, lambda chunk: collate(chunk, pad_id), seed, shuffle)
 
 
 def _block_batch(blocks: list[list[int]]) -> LMBatch:

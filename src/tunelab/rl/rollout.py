@@ -169,17 +169,24 @@ class RolloutSource:
         rewards = torch.tensor(self.reward.total(parts), dtype=torch.float32)  # (N,)
         t_score = time.perf_counter() - t1
 
-        # log-probs recomputed by the trainer's own forward (same dtype as training), and the mismatch
-        old_logp, entropy, old_values = token_logprobs(
-            self.policy, sequences, attention_mask, completion_mask, cfg.rollout.temperature, self.value_head
-        )
+        # the sampling distribution's log-probs come with generate (raw logits / temperature); the trainer
+        # recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
         seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
-        gen_tokens = sequences[:, prompt_len:][completion_mask[:, prompt_len:]]
-        gen_logp = (
-            torch.log_softmax(gen_logits[completion_mask[:, prompt_len:]], dim=-1)
-            .gather(1, gen_tokens[:, None])
-            .squeeze(1)
-        )
+        gen_tokens = sequences[:, prompt_len:][completion_mask[:, prompt_len:]]  # (K,)
+        gen_logp_all = torch.log_softmax(gen_logits[completion_mask[:, prompt_len:]], dim=-1)  # (K, V)
+        old_logp = gen_logp_all.gather(1, gen_tokens[:, None]).squeeze(1)  # (K,)
+        entropy = -(gen_logp_all.exp() * gen_logp_all).sum(dim=-1)  # (K,)
+        del gen_logp_all, gen_logits
+        old_values = None
+        if self.value_head is not None:  # PPO: values at sampling time
+            _, _, old_values = token_logprobs(
+                self.policy,
+                sequences,
+                attention_mask,
+                completion_mask,
+                cfg.rollout.temperature,
+                self.value_head,
+            )
         ref_logp = None
         if self.ref is not None:
             ref_logp = self.ref(sequences, attention_mask, completion_mask)
@@ -198,7 +205,6 @@ class RolloutSource:
             "completion_len": sum(lengths) / len(lengths),
             "stopped_share": sum(stopped) / len(stopped),
             "zero_var_groups": P.zero_variance_share(rewards, G) if G > 1 else 0.0,
-            "logp_mismatch": float((gen_logp - old_logp).abs().mean()),
             "time_generate_s": t_gen,
             "time_score_s": t_score,
         }

@@ -19,6 +19,7 @@ from torch import Tensor
 from tunelab.data.batch import LMBatch, collate
 from tunelab.data.read import read_dataset
 from tunelab.data.render import Tokenized, render_chat, render_pair
+from tunelab.data.sources import Shuffled
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
 from tunelab.models.forward import sequence_logprobs
@@ -44,38 +45,21 @@ def render_with_labels(tok, prompt, answer, opts) -> Tokenized:
     return render_pair(tok, prompt, answer, opts)
 
 
-class DPOBatches:
-    def __init__(
-        self,
-        pairs: list[tuple[Tokenized, Tokenized]],
-        batch_size: int,
-        pad_id: int,
-        seed: int = 0,
-        shuffle: bool = True,
-    ):
-        import math
-
-        self.pairs, self.batch_size, self.pad_id, self.seed, self.shuffle = (
-            pairs,
-            batch_size,
-            pad_id,
-            seed,
-            shuffle,
-        )
-        self.micro_batches_per_epoch = math.ceil(len(pairs) / batch_size)
-
-    def epoch(self, epoch: int, start: int = 0):
-        import random
-
-        order = list(range(len(self.pairs)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        for i in range(start * self.batch_size, len(order), self.batch_size):
-            chunk = [self.pairs[j] for j in order[i : i + self.batch_size]]
-            yield DPOBatch(collate([c for c, _ in chunk] + [r for _, r in chunk], self.pad_id))
-
-    def all(self):
-        return list(self.epoch(0))
+def dpo_batches(
+    pairs: list[tuple[Tokenized, Tokenized]],
+    batch_size: int,
+    pad_id: int,
+    seed: int = 0,
+    shuffle: bool = True,
+):
+    """(chosen, rejected) pairs shuffled per epoch; a micro-batch holds the chosen rows, then the rejected."""
+    return Shuffled(
+        pairs,
+        batch_size,
+        lambda chunk: DPOBatch(collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id)),
+        seed,
+        shuffle,
+    )
 
 
 def make_loss_fn(cfg: DPOConfig, ref_model=None):
@@ -140,11 +124,11 @@ def main(cfg: DPOConfig) -> Path:
     }
     eval_batches = None
     if held_rows:
-        eval_batches = DPOBatches(
+        eval_batches = dpo_batches(
             render_pairs(held_rows, tok, cfg), cfg.train.batch_size, tok.pad_token_id, shuffle=False
         ).all()
         report["eval pairs"] = len(held_rows)
-    batches = DPOBatches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
+    batches = dpo_batches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
     return train(
         model,
         tok,

@@ -43,7 +43,10 @@ def make_loss_fn(cfg: RLConfig, value_head=None):
             value_head,
         )  # (K,) each
         loss = policy_loss(logp, batch.old_logp, batch.adv, cfg.rl.clip)  # (K,)
-        metrics = {"clip_frac": float(P.clip_fraction(logp.detach(), batch.old_logp, cfg.rl.clip).sum())}
+        metrics = {
+            "clip_frac": float(P.clip_fraction(logp.detach(), batch.old_logp, cfg.rl.clip).sum()),
+            "logp_mismatch": float((logp.detach() - batch.old_logp).abs().sum()),
+        }  # trainer vs sampler
         if batch.ref_logp is not None and cfg.kl.mode == "loss" and cfg.kl.beta:
             loss = loss + cfg.kl.beta * kl_estimate(logp, batch.ref_logp)
         if values is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tunelab.data.pairs import PairBatch, PairBatches, render_preference
+from tunelab.data.pairs import PairBatch, pair_batches, render_preference
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
@@ -116,9 +116,9 @@ def main(cfg: RMConfig) -> Path:
     eval_batches = None
     if held_rows:
         held, _ = render_pairs(held_rows, tok, cfg)
-        eval_batches = PairBatches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
+        eval_batches = pair_batches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
         report["eval pairs"] = len(held)
-    batches = PairBatches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
+    batches = pair_batches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
     run = train(
         model,
         tok,

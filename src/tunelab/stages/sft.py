@@ -11,7 +11,7 @@ from torch import Tensor
 
 from tunelab.data.batch import LMBatch
 from tunelab.data.read import read_dataset, records
-from tunelab.data.sources import RowBatches
+from tunelab.data.sources import row_batches
 from tunelab.errors import TunelabError
 from tunelab.losses.lm import lm_loss_sum
 from tunelab.models.forward import next_token_logits
@@ -49,12 +49,12 @@ def main(cfg: SFTConfig) -> Path:
             f"No training rows are left after fitting them to train.max_len={cfg.train.max_len}; raise it."
         )
     pack_len = cfg.train.max_len if cfg.data.pack else None
-    batches = RowBatches(items, cfg.train.batch_size, tok.pad_token_id, cfg.seed, pack_len)
+    batches = row_batches(items, cfg.train.batch_size, tok.pad_token_id, cfg.seed, pack_len)
     report = stats.as_report("train")
     eval_batches = None
     if held_rows:
         held, held_stats = render_rows(held_rows, tok, cfg)
-        eval_batches = RowBatches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
+        eval_batches = row_batches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
         report.update(held_stats.as_report("eval"))
     if pack_len:
         report["packing"] = f"{len(items)} rows in {len(batches.units)} sequences of up to {pack_len} tokens"
