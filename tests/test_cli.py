@@ -1,5 +1,6 @@
 """The command line end to end: help, generate, data check, and one-paragraph errors (no traceback)."""
 
+import json
 import subprocess
 import sys
 
@@ -131,6 +132,8 @@ def test_sft_through_the_cli_leaves_the_run_folder_of_the_contract(tmp_path):
     ):
         assert (run / name).is_file(), name
     assert list(run.glob("events.*"))
+    meta = json.loads((run / "final" / "tunelab.json").read_text())  # generate/score render as training did
+    assert meta["model"] == "tiny:llama" and meta["render"]["separator"] == "\n### Answer:\n"
     config = (run / "config.yaml").read_text()
     assert (
         "total_steps: 3" in config and "lr: 0.0002" in config

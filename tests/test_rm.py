@@ -303,3 +303,37 @@ def test_sft_stops_on_reward_and_keeps_the_best(trained_rm, tmp_path):
     report = (run / "report.md").read_text()
     assert f"best eval_reward: {best['eval_reward']:.4f} at step {best['step']}" in report
     assert (run / "final" / "adapter_config.json").is_file()
+
+
+def test_reward_model_drives_rl(trained_rm, tmp_path):
+    """The fourth use: a reward model is a reward source of `tunelab rl`."""
+    from tunelab.schema import RLConfig
+    from tunelab.stages import rl
+
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"{a}+{b}="} for a in range(2) for b in range(2)]
+    )
+    cfg = load_config(
+        RLConfig,
+        None,
+        [
+            "model=tiny:llama",
+            f"data.train={prompts}",
+            f"reward=rm:{trained_rm / 'final'}",
+            "rl.group=2",
+            "rl.prompts_per_step=2",
+            "rollout.max_new_tokens=2",
+            "train.max_steps=2",
+            f"out={tmp_path / 'run'}",
+        ],
+    )
+    run = rl.main(cfg)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["reward"]) for r in rows)
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    from tunelab.rm import RewardScorer
+
+    again = RewardScorer(str(trained_rm / "final")).score([(samples[0]["prompt"], samples[0]["completion"])])[
+        0
+    ]
+    assert samples[0]["reward"] == pytest.approx(again, abs=1e-4)  # the reward is the reward model's score
