@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--pack", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument(
+        "--group", action=argparse.BooleanOptionalAction, default=False, help="group rows by length"
+    )
     ap.add_argument("--out", default="bench/results/sft_lora_throughput.json")
     args = ap.parse_args()
 
@@ -84,10 +87,16 @@ def main() -> None:
         ],
     )
     model, tok = prepare_model(cfg)
-    n_rows = args.batch * (args.steps + 1) * (6 if args.pack else 1)  # packing puts ~6 rows in a sequence
+    n_rows = (
+        args.batch * (args.steps + 1) * (6 if args.pack else 1) * (8 if args.group else 1)
+    )  # packing puts ~6 rows in a sequence
     items, stats = render_rows(make_rows(n_rows, tok), tok, cfg)
     pack_len = 1024 if args.pack else None  # several rows per sequence
-    batches = list(row_batches(items, args.batch, tok.pad_token_id, pack_len=pack_len).epoch(0))
+    batches = list(
+        row_batches(items, args.batch, tok.pad_token_id, pack_len=pack_len, group_by_length=args.group).epoch(
+            0
+        )
+    )
     optimizer = build_optimizer(model, cfg.train)
     model.train()
     c = model.config
@@ -121,7 +130,7 @@ def main() -> None:
     peak = (peak_before + matmul_peak()) / 2
     result = {
         "workload": f"SFT LoRA r16 q/k/v/o, smollm2-135m fp32, batch {args.batch}, rows 60-300 tokens, "
-        f"{'packed' if args.pack else 'padded'}",
+        f"{'packed' if args.pack else 'grouped by length' if args.group else 'padded'}",
         "target_tokens_per_s": sum(targets) / sum(times),
         "input_tokens_per_s": sum(inputs) / sum(times),
         "median_step_s": statistics.median(times),

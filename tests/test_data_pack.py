@@ -82,3 +82,20 @@ def test_padded_batch_counts_targets(tiny_llama):
     batch = collate(items, pad_id=tok.pad_token_id)
     assert batch.attention_mask.shape == batch.input_ids.shape
     assert batch.n_targets == sum(len(it.input_ids) - 1 for it in items)
+
+
+def test_group_by_length_keeps_every_row_once_and_cuts_padding():
+    from tunelab.data.render import Tokenized
+    from tunelab.data.sources import row_batches
+
+    lengths = [3, 40, 5, 38, 4, 39, 6, 41] * 4
+    items = [Tokenized([1] * n, [1] * n) for n in lengths]
+    plain = list(row_batches(items, 4, pad_id=0, seed=1).epoch(0))
+    grouped = list(row_batches(items, 4, pad_id=0, seed=1, group_by_length=True).epoch(0))
+    assert sorted(int(b.attention_mask.sum(1)[i]) for b in grouped for i in range(4)) == sorted(lengths)
+    padding = lambda batches: sum(b.input_ids.numel() - int(b.attention_mask.sum()) for b in batches)  # noqa: E731
+    assert padding(grouped) < padding(plain) / 3
+    again = list(row_batches(items, 4, pad_id=0, seed=1, group_by_length=True).epoch(0))
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(grouped, again))  # seeded
+    assert [b.input_ids.shape for b in row_batches(items, 4, 0, 1, group_by_length=True).epoch(0, start=3)] == [
+        b.input_ids.shape for b in grouped[3:]]  # resume skips exactly

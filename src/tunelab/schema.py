@@ -44,6 +44,9 @@ class DataSection(Section):
         "truncate", description="rows longer than train.max_len: cut the completion's tail, or drop the row"
     )
     pack: bool = Field(False, description="pack several rows into one sequence (no attention across rows)")
+    group_by_length: bool = Field(
+        False, description="batch rows of similar length together (less padding, still shuffled)"
+    )
 
 
 class GuardSection(Section):

@@ -22,9 +22,22 @@ from tunelab.errors import DataError, Problem
 
 class Shuffled:
     """Units (rows, pairs, packed sequences) shuffled per epoch (seed + epoch), `batch_size` units per
-    micro-batch, turned into a batch by `make_batch`."""
+    micro-batch, turned into a batch by `make_batch`.
 
-    def __init__(self, units: list, batch_size: int, make_batch, seed: int = 0, shuffle: bool = True):
+    With `lengths`, batches are grouped by length: the shuffled units are cut into windows of 50
+    batches, sorted by length inside each window, batched, and the batches shuffled — rows of similar
+    length share a batch (little padding) while the order stays random (HF's group_by_length).
+    """
+
+    def __init__(
+        self,
+        units: list,
+        batch_size: int,
+        make_batch,
+        seed: int = 0,
+        shuffle: bool = True,
+        lengths: list[int] | None = None,
+    ):
         self.units, self.batch_size, self.make_batch, self.seed, self.shuffle = (
             units,
             batch_size,
@@ -32,15 +45,30 @@ class Shuffled:
             seed,
             shuffle,
         )
+        self.lengths = lengths
         self.micro_batches_per_epoch = math.ceil(len(units) / batch_size)
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.units)))
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        if self.lengths is not None:
+            window = self.batch_size * 50
+            order = [
+                i
+                for w in range(0, len(order), window)
+                for i in sorted(order[w : w + window], key=lambda i: -self.lengths[i])
+            ]
+        batches = [order[first : first + self.batch_size] for first in range(0, len(order), self.batch_size)]
+        if self.lengths is not None and self.shuffle:
+            rng.shuffle(batches)
+        return batches
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator:
         """Micro-batches of `epoch`, from the `start`-th on (a resumed run skips what it had)."""
-        order = list(range(len(self.units)))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        for first in range(start * self.batch_size, len(order), self.batch_size):
-            yield self.make_batch([self.units[i] for i in order[first : first + self.batch_size]])
+        for indices in self._batches(epoch)[start:]:
+            yield self.make_batch([self.units[i] for i in indices])
 
     def all(self) -> list:
         return list(self.epoch(0))
@@ -53,6 +81,7 @@ def row_batches(
     seed: int = 0,
     pack_len: int | None = None,
     shuffle: bool = True,
+    group_by_length: bool = False,
 ) -> Shuffled:
     """Rendered rows (SFT) padded per micro-batch, or packed several to a sequence of `pack_len` tokens.
     Packing happens once, in a seeded order; the sequences are then shuffled each epoch."""
@@ -62,7 +91,8 @@ def row_batches(
         units = pack(order, pack_len)
     else:
         units = list(items)
-    return Shuffled(units, batch_size, lambda chunk: collate(chunk, pad_id), seed, shuffle)
+    lengths = [len(u.input_ids) for u in units] if group_by_length else None
+    return Shuffled(units, batch_size, lambda chunk: collate(chunk, pad_id), seed, shuffle, lengths)
 
 
 def _block_batch(blocks: list[list[int]]) -> LMBatch:

@@ -49,7 +49,14 @@ def main(cfg: SFTConfig) -> Path:
             f"No training rows are left after fitting them to train.max_len={cfg.train.max_len}; raise it."
         )
     pack_len = cfg.train.max_len if cfg.data.pack else None
-    batches = row_batches(items, cfg.train.batch_size, tok.pad_token_id, cfg.seed, pack_len)
+    batches = row_batches(
+        items,
+        cfg.train.batch_size,
+        tok.pad_token_id,
+        cfg.seed,
+        pack_len,
+        group_by_length=cfg.data.group_by_length and not pack_len,
+    )
     report = stats.as_report("train")
     eval_batches = None
     if held_rows:
