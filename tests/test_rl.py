@@ -174,27 +174,14 @@ def test_kl_leash_is_logged_and_alerts_fire(tmp_path):
 
 
 def test_a_failing_reward_function_is_a_clear_error(tmp_path):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
-    env = dict(os.environ, PYTHONPATH=str(TESTS))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tunelab",
-            "rl",
-            "model=tiny:llama",
-            f"data.train={prompts}",
-            "reward=helpers.toy_rewards:broken",
-            "rl.group=2",
-            "rl.prompts_per_step=1",
-            "rollout.max_new_tokens=2",
-            "train.max_steps=1",
-            f"out={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    out = run_rl(
+        tmp_path,
+        "reward=helpers.toy_rewards:broken",
+        "rl.group=2",
+        "rl.prompts_per_step=1",
+        "rollout.max_new_tokens=2",
+        "train.max_steps=1",
+    )  # later overrides win
     assert (
         out.returncode == 2 and "helpers.toy_rewards:broken" in out.stderr and "Traceback" not in out.stderr
     )
