@@ -97,5 +97,6 @@ def test_group_by_length_keeps_every_row_once_and_cuts_padding():
     assert padding(grouped) < padding(plain) / 3
     again = list(row_batches(items, 4, pad_id=0, seed=1, group_by_length=True).epoch(0))
     assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(grouped, again))  # seeded
-    assert [b.input_ids.shape for b in row_batches(items, 4, 0, 1, group_by_length=True).epoch(0, start=3)] == [
-        b.input_ids.shape for b in grouped[3:]]  # resume skips exactly
+    assert [
+        b.input_ids.shape for b in row_batches(items, 4, 0, 1, group_by_length=True).epoch(0, start=3)
+    ] == [b.input_ids.shape for b in grouped[3:]]  # resume skips exactly

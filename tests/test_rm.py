@@ -105,6 +105,11 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
     seven = RewardScorer(str(trained_rm / "final"), batch_size=7).score(items)
     sixteen = scorer.score(items)
     assert one == pytest.approx(seven, abs=1e-5) and one == pytest.approx(sixteen, abs=1e-5)
+    from tunelab.rm import score
+
+    assert score(str(trained_rm / "final"), items[:3]) == pytest.approx(
+        one[:3], abs=1e-5
+    )  # the module-level API
     # left padding, by hand
     seqs = [scorer.ids(it) for it in items]
     T = max(map(len, seqs))

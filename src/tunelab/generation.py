@@ -14,6 +14,16 @@ import torch
 from tunelab.data.render import RenderOptions, prompt_text
 
 
+def left_padded(tok, texts: list[str]):
+    """Tokenise rendered prompts with left padding (each row's next token in the last column)."""
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -28,13 +38,7 @@ def generate(
 ) -> list[str]:
     """Completions of `prompts`, rendered as in training (chat template, or prompt + separator)."""
     opts = opts or RenderOptions()
-    texts = [prompt_text(tok, p, opts) for p in prompts]
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
+    enc = left_padded(tok, [prompt_text(tok, p, opts) for p in prompts])
     sampling = temperature > 0
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:

@@ -71,6 +71,12 @@ class RewardScorer:
         return out
 
 
+def score(rm: str | RewardScorer, items: list[Item], batch_size: int = 16) -> list[float]:
+    """Rewards for texts or (prompt, answer) pairs: `tunelab.rm.score("runs/rm/final", items)`."""
+    scorer = rm if isinstance(rm, RewardScorer) else RewardScorer(rm, batch_size=batch_size)
+    return scorer.score(items)
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its normal 95% interval."""
     mean = statistics.fmean(values)

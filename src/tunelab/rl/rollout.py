@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.render import RenderOptions, prompt_text
+from tunelab.generation import left_padded
 from tunelab.losses import policy as P
 from tunelab.models.forward import token_logprobs
 
@@ -129,10 +130,7 @@ class RolloutSource:
         t0 = time.perf_counter()
         self.policy.eval()
         texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
-        side = tok.padding_side
-        tok.padding_side = "left"
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        tok.padding_side = side
+        enc = left_padded(tok, texts)
         prompt_len = enc["input_ids"].shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
