@@ -15,18 +15,37 @@ from tunelab import __version__
 EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
 a .gguf file, or a PEFT adapter folder. Each command has --help."""
 
-STAGES = {
-    "pretrain": ("PretrainConfig", "next-token training on raw text, packed into fixed-length blocks"),
+STAGES = {  # command -> (config class in tunelab.schema, module with main(cfg), help)
+    "pretrain": (
+        "PretrainConfig",
+        "tunelab.stages.pretrain",
+        "next-token training on raw text, packed into fixed-length blocks",
+    ),
     "sft": (
         "SFTConfig",
+        "tunelab.stages.sft",
         "supervised fine-tuning on X->Y pairs or chats; adapter: none|lora|dora|prompt|prefix",
     ),
-    "rm": ("RMConfig", "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)"),
+    "rm": (
+        "RMConfig",
+        "tunelab.stages.rm",
+        "reward model: Bradley-Terry on preference pairs (prompt, chosen, rejected)",
+    ),
     "rl": (
         "RLConfig",
+        "tunelab.stages.rl",
         "RL from a reward: algo grpo|rloo|reinforce|ppo; reward rm:PATH|exact|number|regex:|module:fn",
     ),
-    "dpo": ("DPOConfig", "offline preference optimisation (DPO sigmoid or IPO), reference = adapter off"),
+    "dpo": (
+        "DPOConfig",
+        "tunelab.stages.dpo",
+        "offline preference optimisation (DPO sigmoid or IPO), reference = adapter off",
+    ),
+    "eval": (
+        "EvalConfig",
+        "tunelab.eval.main",
+        "evaluate a model on a task: strategy zero_shot|rules|cot|reflection|few_shot|self_consistency|best_of_n",
+    ),
 }
 
 
@@ -69,7 +88,7 @@ def stage_command(stage: str):
         schema = importlib.import_module("tunelab.schema")
         cfg = load_config(getattr(schema, STAGES[stage][0]), path, overrides)
         _quiet_hf()
-        importlib.import_module(f"tunelab.stages.{stage}").main(cfg)
+        importlib.import_module(STAGES[stage][1]).main(cfg)
         return 0
 
     return run
@@ -271,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for stage, (_, help_text) in STAGES.items():
+    for stage, (_, _, help_text) in STAGES.items():
         p = sub.add_parser(
             stage, help=help_text, description=f"{help_text}. Example config: configs/{stage}.yaml"
         )

@@ -77,10 +77,14 @@ def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _explain(cls: type[BaseModel], err: ValidationError, source: str) -> str:
-    lines = []
+    lines, seen = [], set()
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if isinstance(p, str))
+        # union members show up in the location as tags like "literal[...]" or "list[...]": not keys
+        loc = tuple(p for p in e["loc"] if isinstance(p, str) and "[" not in p)
         key = ".".join(loc) or "(top level)"
+        if key in seen:  # a union reports once per member; the first says what was expected
+            continue
+        seen.add(key)
         if e["type"] == "extra_forbidden":
             valid = _fields_at(cls, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)

@@ -24,21 +24,27 @@ def left_padded(tok, texts: list[str]):
         tok.padding_side = side
 
 
+def eos_ids(model, tok) -> set[int]:
+    """Every token id that ends an answer (the tokenizer's EOS and the model's generation config's)."""
+    ids = {tok.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured}
+    return {i for i in ids if i is not None}
+
+
 @torch.no_grad()
-def generate(
+def complete(
     model,
     tok,
-    prompts: list[str],
+    texts: list[str],
     *,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    opts: RenderOptions | None = None,
     seed: int | None = 0,
-) -> list[str]:
-    """Completions of `prompts`, rendered as in training (chat template, or prompt + separator)."""
-    opts = opts or RenderOptions()
-    enc = left_padded(tok, [prompt_text(tok, p, opts) for p in prompts])
+) -> list[tuple[str, int, int]]:
+    """(completion, prompt tokens, completion tokens) for already-rendered prompt texts, in one batch."""
+    enc = left_padded(tok, texts)
     sampling = temperature > 0
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -54,4 +60,30 @@ def generate(
             eos_token_id=tok.eos_token_id,
         )
     new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, new)
-    return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    ends = eos_ids(model, tok)
+    results = []
+    for row, prompt_mask in zip(new_tokens.tolist(), enc["attention_mask"], strict=True):
+        n_new = next((k + 1 for k, t in enumerate(row) if t in ends), len(row))  # EOS counted, padding not
+        text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
+        results.append((text, int(prompt_mask.sum()), n_new))
+    return results
+
+
+def generate(
+    model,
+    tok,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    opts: RenderOptions | None = None,
+    seed: int | None = 0,
+) -> list[str]:
+    """Completions of `prompts`, rendered as in training (chat template, or prompt + separator)."""
+    opts = opts or RenderOptions()
+    texts = [prompt_text(tok, p, opts) for p in prompts]
+    done = complete(
+        model, tok, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    return [text for text, _, _ in done]

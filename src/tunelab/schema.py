@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunelab.config import Section
+from tunelab.prompting.strategies import PromptingOptions
 
 Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
 
@@ -264,3 +265,50 @@ class DPOConfig(StageConfig):
     train: TrainSection = Field(
         default_factory=lambda: TrainSection(lr=5e-5), description="the training loop"
     )
+
+
+Strategy = Literal["zero_shot", "rules", "cot", "reflection", "few_shot", "self_consistency", "best_of_n"]
+
+
+class EvalSection(Section):
+    limit: int | None = Field(None, ge=1, description="evaluate the first N held-out rows only")
+    batch_size: int = Field(
+        16, ge=1, description="prompts per generation batch (answers do not depend on it)"
+    )
+    split: Literal["eval", "train"] = Field(
+        "eval", description="which rows are scored (train: the over-fitting check)"
+    )
+    resamples: int = Field(1000, ge=100, description="bootstrap resamples behind the 95% intervals")
+
+
+class JudgeSection(Section):
+    model: str | None = Field(
+        None, description="judge model for pairwise comparison of strategies' answers; null = no judge"
+    )
+    baseline: str | None = Field(
+        None, description="strategy every other one is compared with; default: the first"
+    )
+    rubric: str | None = Field(
+        None, description="what makes an answer better; default: honest, harmless, helpful"
+    )
+
+
+class EvalConfig(Section):
+    model: ModelSection = Field(
+        default_factory=ModelSection,
+        description="the model: a name, an HF folder, or a trained run's final/ (adapter or full model)",
+    )
+    task: str = Field("extract", description="a task YAML, a built-in task (extract), or reasoning_gym:NAME")
+    strategy: Strategy | list[Strategy] = Field(
+        "zero_shot",
+        description="one strategy or a list: zero_shot|rules|cot|reflection|few_shot|self_consistency|best_of_n",
+    )
+    prompting: PromptingOptions = Field(default_factory=PromptingOptions, description="strategy options")
+    eval: EvalSection = Field(default_factory=EvalSection, description="which rows, how batched, intervals")
+    judge: JudgeSection = Field(default_factory=JudgeSection, description="LLM-as-judge, both answer orders")
+    seed: int = Field(0, description="seed for few-shot choice, sampling and the bootstrap")
+    out: str | None = Field(None, description="output folder; default runs/eval-<time>")
+
+    @property
+    def strategies(self) -> list[str]:
+        return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.metrics import after_marker as extract_answer
+from tunelab.tasks.metrics import numeric
 
 RewardFn = Callable[[dict, str], float]
-NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 
 
 def _reference(example: dict) -> str:
@@ -29,25 +30,13 @@ def _reference(example: dict) -> str:
     return str(ref)
 
 
-def extract_answer(completion: str) -> str:
-    """The final answer: after the last 'answer:' marker if there is one, else the whole text, stripped."""
-    marker = re.split(r"(?i)(?:final answer|answer)\s*[:=]", completion)
-    return marker[-1].strip().strip(".").strip()
-
-
 def exact_answer(example: dict, completion: str) -> float:
     return float(extract_answer(completion).lower() == _reference(example).strip().lower())
 
 
-def last_number(text: str) -> float | None:
-    found = NUMBER.findall(text)
-    return float(found[-1].replace(",", ".")) if found else None
-
-
 def number_close(example: dict, completion: str, tolerance: float = 1e-6) -> float:
     """1 when the last number in the completion is within `tolerance` of the reference number."""
-    got, want = last_number(completion), last_number(_reference(example))
-    return float(got is not None and want is not None and abs(got - want) <= tolerance)
+    return numeric(completion, _reference(example), tolerance)
 
 
 def regex_reward(pattern: str) -> RewardFn:

@@ -42,6 +42,13 @@ TEMPLATES = [
     "{name} ({color}) - {price} dollars, free shipping.",
 ]
 INSTRUCTION = 'Extract the product name, price and color as JSON with keys "name", "price", "color".'
+RULES = [
+    "Answer with a single line of JSON and nothing else: no code fences, no explanation.",
+    'Use exactly the keys "name", "price" and "color".',
+    '"name" is the product name only, as written in the note, without the colour.',
+    '"price" is a whole number, without currency or quotes.',
+    '"color" is the colour in lower case.',
+]
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:

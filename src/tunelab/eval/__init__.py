@@ -1,0 +1,1 @@
+"""Evaluation: one harness for prompting strategies and trained models (see tunelab.eval.harness)."""

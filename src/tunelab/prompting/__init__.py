@@ -1,0 +1,1 @@
+"""Prompting strategies (tunelab.prompting.strategies) and the model interface they use (lm)."""

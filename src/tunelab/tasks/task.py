@@ -1,0 +1,278 @@
+"""A task: data (a few-shot pool and an eval split), a prompt template, an answer extractor, metrics.
+
+    task = load_task("examples/tasks/extract.yaml")     # a task file (format below)
+    task = load_task("extract")                          # a built-in task (tunelab.tasks.builtin)
+    task = load_task("reasoning_gym:basic_arithmetic")   # a reasoning-gym generator, its own scorer
+    task.prompt(row); task.answer(model_text); task.score(answer, row)  # -> {"json": 1.0, ...}
+
+A task file (paths are relative to the file):
+
+    name: product-extraction
+    data: {train: ../data/extraction.jsonl, eval: ../data/extraction_eval.jsonl}   # or eval_split: 0.2
+    template: "{prompt}"          # any row field in braces; literal braces are written {{ }}
+    rules: ["Answer with one line of JSON.", ...]      # the `rules` strategy shows them
+    extract: json                 # strip | first_line | last_line | json | number | choice | answer | regex:P
+    metrics: [json, rouge_l]      # exact | normalized | numeric | choice | json | rouge_l | module:function
+
+Rows are pairs or prompts: the reference answer is the first of `answer`, `completion`, `output`,
+`reference` present (or `answer_field`). Every row is checked against the template before any model runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import Field
+
+from tunelab.config import Section, load_config
+from tunelab.errors import DataError, Problem, TunelabError
+from tunelab.tasks.metrics import METRICS, extractor
+
+ANSWER_FIELDS = ("answer", "completion", "output", "reference")
+Scorer = Callable[[str, dict], float]  # (prediction, example row) -> value in [0, 1]
+
+
+class TaskData(Section):
+    train: str | None = Field(None, description="rows for few-shot examples (and training, in the ladder)")
+    eval: str | None = Field(None, description="held-out rows the metric is computed on")
+    eval_split: float = Field(
+        0.2, gt=0, lt=1, description="share of train held out for eval when data.eval is unset"
+    )
+
+
+class TaskSpec(Section):
+    name: str | None = Field(None, description="task name; default: the file name")
+    data: TaskData = Field(default_factory=TaskData, description="where the rows are")
+    template: str = Field("{prompt}", description="prompt template; {field} is a row field")
+    answer_field: str | None = Field(
+        None, description="field of the reference answer; default: answer/completion/output/reference"
+    )
+    rules: list[str] = Field(
+        default_factory=list, description="requirements the `rules` strategy writes down"
+    )
+    system: str | None = Field(None, description="system message for every prompt (chat models)")
+    extract: str = Field("strip", description="how the answer is taken from the model's output")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["exact"], description="metrics; the first is the main one"
+    )
+    tolerance: float = Field(1e-6, ge=0, description="absolute tolerance of the numeric metric")
+    max_new_tokens: int = Field(64, ge=1, description="longest direct answer (chain of thought gets more)")
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[dict]  # the few-shot pool; each row has "answer" (the reference) and its own fields
+    eval: list[dict]
+    template: str = "{prompt}"
+    rules: list[str] = field(default_factory=list)
+    system: str | None = None
+    extract: str = "strip"
+    metrics: list[str] = field(default_factory=lambda: ["exact"])
+    tolerance: float = 1e-6
+    max_new_tokens: int = 64
+    scorers: dict[str, Scorer] = field(default_factory=dict)  # built from `metrics` unless given
+
+    def __post_init__(self) -> None:
+        try:
+            self._extract = extractor(self.extract)
+        except KeyError:
+            raise TunelabError(
+                f"task {self.name}: unknown extract '{self.extract}'. Use strip, first_line, last_line, json, "
+                "number, choice, answer or regex:PATTERN."
+            ) from None
+        for metric in self.metrics:
+            if metric not in self.scorers:
+                self.scorers[metric] = _scorer(metric, self.tolerance, self.name)
+        template_fields(self.template, self.name)
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    def prompt(self, row: dict) -> str:
+        return self.template.format_map(row)
+
+    def reference(self, row: dict) -> str:
+        return row["answer"]
+
+    def answer(self, output: str) -> str:
+        """The answer the metric sees, taken from the model's whole output."""
+        return self._extract(output)
+
+    def score(self, prediction: str, row: dict) -> dict[str, float]:
+        return {name: float(fn(prediction, row)) for name, fn in self.scorers.items()}
+
+
+def _scorer(metric: str, tolerance: float, task: str) -> Scorer:
+    if metric == "numeric":
+        return lambda pred, row: METRICS["numeric"](pred, row["answer"], tolerance)
+    if metric in METRICS:
+        fn = METRICS[metric]
+        return lambda pred, row: fn(pred, row["answer"])
+    module, sep, name = metric.partition(":")
+    if sep:
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise TunelabError(
+                f"task {task}: metric '{metric}': cannot import {name} from {module} ({exc})."
+            ) from None
+        return fn
+    raise TunelabError(
+        f"task {task}: unknown metric '{metric}'. Use {', '.join(METRICS)} or module:function."
+    )
+
+
+def template_fields(template: str, task: str = "") -> list[str]:
+    """The row fields a template uses; a malformed template is an error that says how to write braces."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise TunelabError(
+            f"task {task}: field 'template' is not a valid template ({exc}). Row fields are written "
+            "{field}; literal braces (e.g. in JSON) are doubled: {{ and }}."
+        ) from None
+    names = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        base = name.split(".")[0].split("[")[0]
+        if not base.isidentifier():
+            raise TunelabError(
+                f"task {task}: field 'template' has '{{{name}}}', which is not a row field. Row fields are "
+                "written {field}; literal braces (e.g. in JSON) are doubled: {{ and }}."
+            )
+        names.append(base)
+    return names
+
+
+# ---------------------------------------------------------------- reading rows
+
+
+def _reference_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def task_rows(path: str | Path, template: str, answer_field: str | None) -> list[dict]:
+    """Rows of a task file, each with "answer"; every row missing a template field or the answer is reported."""
+    from tunelab.data.read import records
+
+    needed = template_fields(template)
+    rows, problems = [], []
+    for line, record in records(path):
+        if isinstance(record, Problem):
+            problems.append(record)
+            continue
+        if "instruction" in record and "prompt" not in record:  # alpaca rows
+            extra = record.get("input")
+            record = {**record, "prompt": record["instruction"] + (f"\n\n{extra}" if extra else "")}
+        found = [
+            Problem(
+                str(path), line, name, f"missing: the template uses {{{name}}}; the row has {sorted(record)}"
+            )
+            for name in needed
+            if name not in record
+        ]
+        key = answer_field or next((f for f in ANSWER_FIELDS if f in record), None)
+        if key is None or record.get(key) is None:
+            found.append(
+                Problem(
+                    str(path),
+                    line,
+                    key or "answer",
+                    "missing: the reference answer (answer, completion, output or reference)",
+                )
+            )
+        problems += found
+        if not found:
+            rows.append({**record, "answer": _reference_text(record[key])})
+    if problems:
+        raise DataError(problems, n_ok=len(rows), hint="fix these rows, or the task's template")
+    return rows
+
+
+def load_task(ref: str, *, seed: int = 0, size: int = 200) -> Task:
+    """A task from a YAML file, a built-in name, or `reasoning_gym:NAME` (`size` eval rows, fixed seed)."""
+    if ref.startswith("reasoning_gym:"):
+        return gym_task(ref.partition(":")[2], seed=seed, size=size)
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return _task_file(path, seed)
+    from tunelab.tasks.builtin import BUILTIN
+
+    if ref in BUILTIN:
+        return BUILTIN[ref]()
+    raise TunelabError(
+        f"Unknown task '{ref}': not a task file, not reasoning_gym:NAME, not one of the built-in tasks "
+        f"({', '.join(BUILTIN)})."
+    )
+
+
+def _task_file(path: Path, seed: int) -> Task:
+    spec = load_config(TaskSpec, path)
+    here = path.parent
+
+    def rows(rel: str) -> list[dict]:
+        return task_rows(here / rel, spec.template, spec.answer_field)
+
+    if spec.data.eval is None and spec.data.train is None:
+        raise TunelabError(f"Task file {path}: set data.eval (and data.train for few-shot examples).")
+    train = rows(spec.data.train) if spec.data.train else []
+    if spec.data.eval:
+        held_out = rows(spec.data.eval)
+    else:  # hold out a fixed share of train
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, round(len(train) * spec.data.eval_split))
+        held_out, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+    return Task(
+        name=spec.name or path.stem,
+        train=train,
+        eval=held_out,
+        template=spec.template,
+        rules=spec.rules,
+        system=spec.system,
+        extract=spec.extract,
+        metrics=spec.metrics,
+        tolerance=spec.tolerance,
+        max_new_tokens=spec.max_new_tokens,
+    )
+
+
+def gym_task(name: str, *, seed: int = 0, size: int = 200) -> Task:
+    """A reasoning-gym generator as a task: eval rows from `seed`, a disjoint few-shot pool from `seed + 1`."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise TunelabError(
+            "task=reasoning_gym:... needs the optional extra: pip install 'tunelab[gym]'."
+        ) from None
+    try:
+        held_out = reasoning_gym.create_dataset(name, size=size, seed=seed)
+        pool = reasoning_gym.create_dataset(name, size=min(size, 64), seed=seed + 1)
+    except Exception as exc:  # reasoning-gym raises several types for an unknown name
+        raise TunelabError(f"reasoning_gym:{name}: cannot create the dataset ({exc}).") from None
+
+    def rows(dataset) -> list[dict]:
+        return [{"prompt": e["question"], "answer": str(e["answer"]), "entry": e} for e in dataset]
+
+    def gym_score(prediction: str, row: dict) -> float:
+        return float(held_out.score_answer(answer=prediction, entry=row["entry"]))
+
+    return Task(
+        name=f"reasoning_gym:{name}",
+        train=rows(pool),
+        eval=rows(held_out),
+        extract="answer",
+        metrics=["gym"],
+        scorers={"gym": gym_score},
+        rules=["Give only the final answer, with no explanation."],
+        max_new_tokens=64,
+    )
