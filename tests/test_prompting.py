@@ -104,6 +104,22 @@ def test_reflection_stops_after_the_last_round_when_errors_remain():
     assert out.answer == "5"
 
 
+def test_a_revision_without_an_answer_keeps_the_previous_answer():
+    def respond(conversation):
+        request = last_user(conversation)
+        return (
+            "It is wrong."
+            if request.startswith("Check")
+            else "I cannot say."
+            if request.startswith("Now")
+            else "Answer 5"
+        )
+
+    (out,) = run("reflection", ScriptedLM(respond), qa_task(extract="number"), reflection_rounds=1)
+    assert out.answer == "5" and out.output == "Answer 5"
+    assert out.trace[-1] == {"step": "revision", "text": "I cannot say."}
+
+
 def test_few_shot_fits_whole_examples_into_a_small_context_and_says_how_many():
     task = qa_task()
     lm = ScriptedLM(lambda c: "4")
@@ -197,3 +213,27 @@ def test_a_one_turn_conversation_renders_as_training_does(fixture, request):
     opts = RenderOptions(instruction="Translate.", system="Be brief.", separator="\n=>\n")
     lm = ChatModel(model, tok, opts=opts)
     assert lm.render([{"role": "user", "content": "bonjour"}]) == prompt_text(tok, "bonjour", opts)
+
+
+def test_prompt_tuned_models_generate_what_a_step_by_step_forward_predicts(tiny_llama):
+    import copy
+
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+
+    from tunelab.generation import complete
+
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    tuned = get_peft_model(
+        copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    )
+    text = "a question about colours"
+    ids = tok([text], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        for _ in range(8):  # greedy, one full forward pass per token: the reference
+            logits = tuned(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+    expected = tok.decode(ids[0, -8:], skip_special_tokens=True).strip()
+    ((got, _, n_new),) = complete(tuned, tok, [text], max_new_tokens=8)
+    assert got == expected[: len(got)] and n_new >= 1

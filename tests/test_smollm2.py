@@ -99,3 +99,26 @@ def test_lora_sft_moves_its_answers_to_the_targets(smollm2, tmp_path):
     answers = generate(tuned, tok, prompts, max_new_tokens=40)
     after = sum(exact_match(a, r["completion"]) for a, r in zip(answers, held_out))
     assert before <= 2 and after >= 6, (before, after, answers)
+
+
+def test_eval_on_the_real_model_with_few_shot_in_its_context(cli, tmp_path):
+    import json
+
+    out = tmp_path / "ev"
+    code, stdout, err = cli(
+        "eval",
+        "model=smollm2-135m",
+        "task=extract",
+        "strategy=[zero_shot,few_shot]",
+        "eval.limit=8",
+        f"out={out}",
+    )
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    few = results["results"][1]
+    assert few["strategy"] == "few_shot" and few["shots"] == 4  # 8192-token context: every example fits
+    assert few["tokens_per_example"] > results["results"][0]["tokens_per_example"] + 4 * 40
+    rows = [json.loads(line) for line in (out / "outputs" / "few_shot.jsonl").read_text().splitlines()]
+    assert (
+        sum(r["answer"] != "" for r in rows) >= 6
+    )  # it answers in JSON, whether or not the fields are right

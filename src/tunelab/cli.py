@@ -262,6 +262,131 @@ def cmd_data(args: argparse.Namespace) -> int:
     return worst if args.action == "check" else 0
 
 
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    """{"lora": {"steps": 5}} -> ["lora.steps=5"] (values as YAML, so lists and strings survive)."""
+    import yaml
+
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(
+                f"{prefix}{key}=" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+            )
+    return [o.strip() for o in out]
+
+
+def ladder_config(task: str | None, overrides: list[str], defaults: list[str] | None = None):
+    """A LadderConfig: defaults, then the task file's `ladder:` block, then the command line."""
+    from pathlib import Path
+
+    import yaml
+
+    from tunelab.config import load_config
+    from tunelab.errors import TunelabError
+    from tunelab.schema import LadderConfig
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise TunelabError(f"'{bad[0]}' is not a key=value override (only the first argument is the task).")
+    from_task: list[str] = []
+    if task and Path(task).suffix in (".yaml", ".yml") and Path(task).is_file():
+        block = (yaml.safe_load(Path(task).read_text()) or {}).get("ladder") or {}
+        from_task = _flatten(block)
+    head = [f"task={task}"] if task else []
+    return load_config(LadderConfig, None, [*(defaults or []), *head, *from_task, *overrides])
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from tunelab.ladder.run import main as ladder_main
+
+    task, overrides = split_config_args(args.config)
+    cfg = ladder_config(task, overrides)
+    _quiet_hf()
+    ladder_main(cfg)
+    return 0
+
+
+QUICKSTART = [  # fits 15 minutes on a 2-core CPU (see the README for the measured time)
+    "model=smollm2-135m",
+    "task=extract",
+    "rungs=[zero_shot,rules,few_shot,prompt_tuning,lora,full,best_of_n]",
+    "out=runs/quickstart",
+]
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from tunelab.ladder.run import main as ladder_main
+
+    cfg = ladder_config(None, args.overrides, QUICKSTART)
+    _quiet_hf()
+    ladder_main(cfg)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.models.load import load_model
+    from tunelab.plan import estimate, machine_gflops, pretraining_data
+
+    _quiet_hf()
+    model, _ = load_model(args.model)
+    gflops = machine_gflops()
+    table = Table(title=f"plan: {args.model}, batch {args.batch_size} x {args.seq_len} tokens, fp32 AdamW")
+    for col in (
+        "method",
+        "trainable",
+        "weights",
+        "grads+optim",
+        "activations",
+        "logits",
+        "runtime",
+        "total MB",
+        "s/step",
+        f"{args.steps} steps",
+    ):
+        table.add_column(col, justify="right")
+    for method in args.method:
+        p = estimate(
+            model.config,
+            method,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            lora_r=args.lora_r,
+            prompt_tokens=args.prompt_tokens,
+            gflops=gflops,
+        )
+        table.add_row(
+            method,
+            f"{p.trainable:,}",
+            *(
+                f"{v:,.0f}"
+                for v in (
+                    p.weights_mb,
+                    p.grads_optimizer_mb,
+                    p.activations_mb,
+                    p.logits_mb,
+                    p.runtime_mb,
+                    p.total_mb,
+                )
+            ),
+            f"{p.seconds_per_step:.2f}",
+            f"{p.seconds_per_step * args.steps / 60:.1f} min",
+        )
+    console = Console()
+    console.print(table)
+    data = pretraining_data(p.params)
+    console.print(
+        f"machine: {gflops:.0f} GFLOP/s fp32 matmul now. Pre-training {p.params / 1e6:.0f}M parameters from scratch, "
+        f"compute-optimally (~20 tokens per parameter; twice the parameters want twice the data): "
+        f"{data['tokens'] / 1e9:.1f}B tokens, ~{data['disk_gb']:.0f} GB of text."
+    )
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tunelab.doctor import run_doctor
 
@@ -374,6 +499,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt/completion separator for models without a chat template",
     )
     data.set_defaults(func=cmd_data)
+
+    ladder = sub.add_parser(
+        "ladder", help="run every method on one task and compare quality against cost: ladder TASK.yaml"
+    )
+    ladder.add_argument(
+        "config",
+        nargs="*",
+        metavar="TASK [key=value ...]",
+        help="a task YAML (or a built-in task, or reasoning_gym:NAME), then overrides such as rungs=[zero_shot,lora] lora.steps=50",
+    )
+    ladder.set_defaults(func=cmd_ladder)
+
+    quick = sub.add_parser(
+        "quickstart",
+        help="the ladder on the embedded SmolLM2-135M and the built-in extraction task (~15 min)",
+    )
+    quick.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="ladder overrides, e.g. eval.limit=20"
+    )
+    quick.set_defaults(func=cmd_quickstart)
+
+    plan = sub.add_parser(
+        "plan", help="memory and time of a training run before it starts, and pre-training data needs"
+    )
+    plan.add_argument(
+        "model", nargs="?", default="smollm2-135m", help="model reference (default smollm2-135m)"
+    )
+    plan.add_argument(
+        "--method",
+        nargs="+",
+        choices=["full", "lora", "prompt"],
+        default=["full", "lora", "prompt"],
+        help="methods to plan",
+    )
+    plan.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
+    plan.add_argument("--seq-len", type=int, default=256, help="tokens per row after padding (default 256)")
+    plan.add_argument(
+        "--steps", type=int, default=100, help="optimizer steps, for the total time (default 100)"
+    )
+    plan.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    plan.add_argument(
+        "--prompt-tokens", type=int, default=20, help="virtual tokens of prompt tuning (default 20)"
+    )
+    plan.set_defaults(func=cmd_plan)
 
     doctor = sub.add_parser("doctor", help="versions, the embedded model, known-bad combinations")
     doctor.set_defaults(func=cmd_doctor)

@@ -24,6 +24,28 @@ def left_padded(tok, texts: list[str]):
         tok.padding_side = side
 
 
+def cache_works(model) -> bool:
+    """False for PEFT prompt tuning: through PeftModel.generate with the KV cache, its greedy answers differ
+    from a step-by-step forward pass (transformers 5.x + peft 0.17+; tests/test_prompting.py pins it)."""
+    from tunelab.models.forward import prompt_learning
+
+    is_prompt, n_virtual = prompt_learning(model)
+    return not (is_prompt and n_virtual)
+
+
+def _prompt_tuned_generate(model, enc, **kwargs):
+    """Prompt tuning, cached and correct: the virtual tokens' embeddings go in front of the prompt's,
+    and the base model generates from the embeddings (positions then count the virtual tokens, as in
+    training). Returns the new tokens only: (B, new)."""
+    base = model.get_base_model()
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    virtual = model.get_prompt(batch_size=ids.shape[0])  # (B, n_virtual, hidden)
+    embeds = base.get_input_embeddings()(ids)  # (B, T, hidden)
+    inputs_embeds = torch.cat([virtual.to(embeds.dtype), embeds], dim=1)
+    mask = torch.cat([mask.new_ones(ids.shape[0], virtual.shape[1]), mask], dim=1)
+    return base.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **kwargs)
+
+
 def eos_ids(model, tok) -> set[int]:
     """Every token id that ends an answer (the tokenizer's EOS and the model's generation config's)."""
     ids = {tok.eos_token_id}
@@ -49,8 +71,7 @@ def complete(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        out = model.generate(
-            **enc,
+        options = dict(
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else None,
@@ -59,7 +80,10 @@ def complete(
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
-    new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, new)
+        if cache_works(model):
+            new_tokens = model.generate(**enc, **options)[:, enc["input_ids"].shape[1] :]  # (B, new)
+        else:
+            new_tokens = _prompt_tuned_generate(model, enc, **options)
     ends = eos_ids(model, tok)
     results = []
     for row, prompt_mask in zip(new_tokens.tolist(), enc["attention_mask"], strict=True):

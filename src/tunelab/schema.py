@@ -312,3 +312,104 @@ class EvalConfig(Section):
     @property
     def strategies(self) -> list[str]:
         return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)
+
+
+Rung = Literal[
+    "zero_shot",
+    "rules",
+    "cot",
+    "reflection",
+    "few_shot",
+    "self_consistency",
+    "prompt_tuning",
+    "lora",
+    "full",
+    "best_of_n",
+    "rl",
+]
+TRAINING_RUNGS = ("prompt_tuning", "lora", "full")
+
+
+class RungTrain(Section):
+    steps: int = Field(20, ge=1, description="optimizer steps (the rung's training budget)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, description="rows per step")
+
+
+class LadderEvalSection(Section):
+    limit: int = Field(40, ge=1, description="held-out rows every rung is scored on")
+    train_limit: int = Field(
+        16, ge=0, description="training rows scored too, for the over-fitting gap (0 = off)"
+    )
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+
+
+class LadderBestOfN(Section):
+    samples: int = Field(
+        4, ge=2, description="answers sampled per prompt, for the RM's pairs and at test time"
+    )
+    prompts: int = Field(48, ge=4, description="training prompts sampled to build the RM's preference pairs")
+    rm: RungTrain = Field(
+        default_factory=lambda: RungTrain(steps=20, lr=1e-4, batch_size=8),
+        description="reward-model training",
+    )
+
+
+class LadderRL(Section):
+    steps: int = Field(8, ge=1, description="GRPO steps on top of the best SFT rung")
+    lr: float = Field(2e-5, gt=0, description="learning rate")
+    group: int = Field(4, ge=2, description="completions per prompt")
+    prompts_per_step: int = Field(2, ge=1, description="prompts per step")
+
+
+class LadderRetention(Section):
+    text: str | None = Field(
+        None, description="general text for perplexity; default: tunelab's built-in prose"
+    )
+    task: str | None = Field("capitals", description="a second task the base model is good at; null = skip")
+
+
+class LadderConfig(Section):
+    task: str = Field("extract", description="a task YAML, a built-in task, or reasoning_gym:NAME")
+    model: ModelSection = Field(
+        default_factory=ModelSection, description="the base model every rung starts from"
+    )
+    rungs: list[Rung] = Field(
+        default_factory=lambda: [
+            "zero_shot",
+            "rules",
+            "cot",
+            "few_shot",
+            "prompt_tuning",
+            "lora",
+            "full",
+            "best_of_n",
+            "rl",
+        ],
+        description="rungs to run, in order (later ones re-use earlier ones: best_of_n and rl start from the best SFT)",
+    )
+    eval: LadderEvalSection = Field(default_factory=LadderEvalSection, description="how rungs are scored")
+    prompting: PromptingOptions = Field(
+        default_factory=PromptingOptions, description="prompting rungs' options"
+    )
+    prompt_tuning: RungTrain = Field(
+        default_factory=lambda: RungTrain(steps=30, lr=3e-2), description="prompt tuning: 20 virtual tokens"
+    )
+    lora: RungTrain = Field(
+        default_factory=lambda: RungTrain(steps=20, lr=3e-4), description="LoRA r16 on q/k/v/o"
+    )
+    full: RungTrain = Field(
+        default_factory=lambda: RungTrain(steps=20, lr=2e-5),
+        description="full fine-tuning (small lr, dropout 0.1)",
+    )
+    max_len: int = Field(256, ge=16, description="longest training sequence")
+    best_of_n: LadderBestOfN = Field(
+        default_factory=LadderBestOfN, description="reward model + best-of-n rung"
+    )
+    rl: LadderRL = Field(default_factory=LadderRL, description="GRPO rung")
+    retention: LadderRetention = Field(default_factory=LadderRetention, description="forgetting checks")
+    tolerance: float = Field(
+        0.05, ge=0, description="recommend the cheapest rung whose metric is within this of the best"
+    )
+    seed: int = Field(0, description="seed for every rung")
+    out: str | None = Field(None, description="report folder; default runs/ladder-<time>")

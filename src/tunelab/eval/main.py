@@ -23,7 +23,7 @@ from tunelab.schema import EvalConfig
 
 def _interval(metric: tuple[float, float, float]) -> str:
     mean, low, high = metric
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def results_table(task, results: list[StrategyResult], title: str):

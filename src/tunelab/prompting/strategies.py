@@ -176,7 +176,9 @@ def reflection(lm: LM, task: Task, rows: list[dict], opts: PromptingOptions, see
         revise = [[*asked[i], assistant(critiques[i].text), user(opts.revise)] for i in active]
         for i, reply in zip(active, lm.complete(revise, max_new_tokens=length), strict=True):
             outcomes[i].add("revision", reply)
-            outcomes[i].output, outcomes[i].answer = reply.text, task.answer(reply.text)
+            revised = task.answer(reply.text)
+            if revised or not outcomes[i].answer:  # a revision with no answer in it keeps the last one
+                outcomes[i].output, outcomes[i].answer = reply.text, revised
     return outcomes
 
 

@@ -3,7 +3,7 @@
     reward = build_reward(["exact", {"name": "length", "weight": 0.1}, "rm:runs/rm/final"])
     reward(example, completion)            # one float; reward.parts(...) gives each source's value
 
-Names: exact | number | regex:PATTERN | length | rm:PATH | reasoning_gym:TASK | module:function.
+Names: exact | number | regex:PATTERN | length | rm:PATH | task:TASK | reasoning_gym:TASK | module:function.
 `example` is a prompts row: {"prompt": ..., "answer" or "reference": ...}.
 """
 
@@ -86,6 +86,19 @@ def _gym_reward(task: str) -> RewardFn:
     return gym
 
 
+def _task_reward(ref: str) -> RewardFn:
+    """The task's main metric on the answer extracted from the completion (a task file or built-in name)."""
+    from tunelab.tasks.task import load_task
+
+    task = load_task(ref)
+
+    def task_metric(example: dict, completion: str) -> float:
+        row = {**example, "answer": _reference(example)}
+        return task.score(task.answer(completion), row)[task.metric]
+
+    return task_metric
+
+
 def _module_reward(spec: str) -> RewardFn:
     module, _, name = spec.partition(":")
     try:
@@ -109,12 +122,14 @@ def reward_source(name: str) -> RewardFn:
         return regex_reward(arg)
     if sep and kind == "rm":
         return _rm_reward(arg)
+    if sep and kind == "task":
+        return _task_reward(arg)
     if sep and kind == "reasoning_gym":
         return _gym_reward(arg)
     if sep and arg:
         return _module_reward(name)
     raise TunelabError(
-        f"Unknown reward '{name}'. Use one of: {', '.join(SIMPLE)}, regex:PATTERN, rm:PATH, "
+        f"Unknown reward '{name}'. Use one of: {', '.join(SIMPLE)}, regex:PATTERN, rm:PATH, task:TASK, "
         "reasoning_gym:TASK, or module:function."
     )
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.render import RenderOptions, prompt_text
-from tunelab.generation import left_padded
+from tunelab.generation import cache_works, left_padded
 from tunelab.losses import policy as P
 from tunelab.models.forward import token_logprobs
 
@@ -147,6 +147,7 @@ class RolloutSource:
                 tokenizer=tok if cfg.rollout.stop else None,
                 return_dict_in_generate=True,
                 output_logits=True,
+                use_cache=cache_works(self.policy),
             )
         sequences = out.sequences
         attention_mask, completion_mask, lengths, stopped = completion_layout(

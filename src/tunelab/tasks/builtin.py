@@ -26,4 +26,10 @@ def extract_task() -> Task:
     )
 
 
-BUILTIN = {"extract": extract_task}
+def capitals() -> Task:
+    from tunelab.tasks.retention import capitals_task
+
+    return capitals_task()
+
+
+BUILTIN = {"extract": extract_task, "capitals": capitals}

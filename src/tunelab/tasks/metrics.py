@@ -107,6 +107,12 @@ def numeric(prediction: str, reference: str, tolerance: float = 1e-6) -> float:
     return float(got is not None and want is not None and abs(got - want) <= tolerance)
 
 
+def contains(prediction: str, reference: str) -> float:
+    """1 when the normalised reference appears in the normalised prediction ("The capital is Paris.")."""
+    ref = normalize_text(reference)
+    return float(bool(ref) and f" {ref} " in f" {normalize_text(prediction)} ")
+
+
 def multiple_choice(prediction: str, reference: str) -> float:
     return float(choice_letter(prediction) == choice_letter(reference))
 
@@ -143,6 +149,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 METRICS: dict[str, Callable[..., float]] = {
     "exact": exact,
     "normalized": normalized,
+    "contains": contains,
     "numeric": numeric,
     "choice": multiple_choice,
     "json": json_equal,

@@ -63,6 +63,10 @@ class TaskSpec(Section):
     )
     tolerance: float = Field(1e-6, ge=0, description="absolute tolerance of the numeric metric")
     max_new_tokens: int = Field(64, ge=1, description="longest direct answer (chain of thought gets more)")
+    ladder: dict | None = Field(
+        None,
+        description="defaults for `tunelab ladder` on this task (any ladder key, e.g. rungs, lora.steps)",
+    )
 
 
 @dataclass

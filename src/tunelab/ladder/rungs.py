@@ -1,0 +1,257 @@
+"""The ladder's rungs: each is a function `rung(ladder) -> RungResult`, looked up in RUNGS.
+
+prompting rungs   zero_shot, rules, cot, reflection, few_shot, self_consistency: the base model as it is
+prompt_tuning     `tunelab sft adapter=prompt` (20 virtual tokens; the model frozen)
+lora              `tunelab sft adapter=lora` (r16 on q/k/v/o)
+full              `tunelab sft adapter=none` (small learning rate, dropout 0.1)
+best_of_n         a reward model trained on pairs of the best SFT rung's own samples, ranked by the
+                  task metric (no human labels needed); then best-of-n sampling from that SFT model
+rl                GRPO with the task metric as reward, starting from the best LoRA / full SFT model
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.ladder.run import Ladder, RungResult, rss_mb
+from tunelab.prompting.lm import user
+
+ADAPTERS = {"prompt_tuning": "prompt", "lora": "lora", "full": "none"}
+PLAN_METHODS = {"prompt_tuning": "prompt", "lora": "lora", "full": "full"}
+
+
+def baseline(ladder: Ladder) -> RungResult:
+    """The base model's perplexity and second-task score: what forgetting is measured against."""
+    base = RungResult("base", "base", model_ref=ladder.cfg.model.name)
+    base.perplexity, base.retention = ladder.retention(ladder.cfg.model.name)
+    base.peak_memory_mb = rss_mb()
+    return base
+
+
+def prompting(name: str):
+    def rung(ladder: Ladder) -> RungResult:
+        ref = ladder.cfg.model.name
+        result = RungResult(name, "prompting", model_ref=ref)
+        evaluated = ladder.evaluate(ref, name, ladder.rows)
+        ladder.record(result, evaluated)
+        result.perplexity, result.retention = (
+            ladder.base.perplexity,
+            ladder.base.retention,
+        )  # no weight changed
+        result.peak_memory_mb = rss_mb()
+        if evaluated.shots is not None:
+            result.notes.append(f"{evaluated.shots:.1f} examples fit on average")
+        return result
+
+    return rung
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path.resolve()
+
+
+def training_pairs(ladder: Ladder) -> Path:
+    """The task's training rows as prompt/completion pairs, rendered with the task's template."""
+    path = ladder.out / "data" / "train.jsonl"
+    if not path.exists():
+        rows = [
+            {"prompt": ladder.task.prompt(r), "completion": ladder.task.reference(r)}
+            for r in ladder.task.train
+        ]
+        _write_jsonl(path, rows)
+    return path.resolve()
+
+
+def longest_row(ladder: Ladder) -> int:
+    """Tokens of the longest rendered training row (what a padded batch's length will be)."""
+    from tunelab.data.render import RenderOptions, render_pair
+
+    tok = ladder.lm(ladder.cfg.model.name).tok
+    rows = ladder.task.train[:200]
+    return max(
+        len(render_pair(tok, ladder.task.prompt(r), ladder.task.reference(r), RenderOptions()).input_ids)
+        for r in rows
+    )
+
+
+def estimate(ladder: Ladder, name: str):
+    from tunelab.plan import estimate as plan
+
+    config = ladder.lm(ladder.cfg.model.name).model.config
+    budget = getattr(ladder.cfg, name)
+    seq = min(longest_row(ladder), ladder.cfg.max_len)
+    return plan(
+        config, PLAN_METHODS[name], batch_size=budget.batch_size, seq_len=seq, gflops=ladder.gflops
+    ), budget.steps
+
+
+def plan_line(ladder: Ladder, name: str) -> str:
+    if name not in PLAN_METHODS:
+        return ""
+    p, steps = estimate(ladder, name)
+    return (
+        f"{p.trainable:,} trainable parameters, ~{p.total_mb:,.0f} MB peak, "
+        f"~{p.seconds_per_step:.1f} s/step x {steps} steps ≈ {p.seconds_per_step * steps / 60:.1f} min"
+    )
+
+
+def sft(name: str):
+    def rung(ladder: Ladder) -> RungResult:
+        cfg = ladder.cfg
+        budget = getattr(cfg, name)
+        overrides = [
+            f"model={cfg.model.name}",
+            f"adapter={ADAPTERS[name]}",
+            f"data.train={training_pairs(ladder)}",
+            f"train.max_steps={budget.steps}",
+            f"train.lr={budget.lr}",
+            f"train.batch_size={budget.batch_size}",
+            f"train.max_len={cfg.max_len}",
+            "train.warmup=0.1",
+            f"seed={cfg.seed}",
+        ]
+        if name == "lora" and "rl" in cfg.rungs:
+            overrides.append("merge=true")  # RL starts from the merged model, with a fresh adapter
+        if name == "full":
+            overrides.append("model.dropout=0.1")  # the knob against fast over-fitting
+        plan, _ = estimate(ladder, name)
+        run_dir = ladder.child("sft", name, overrides, budget.steps)
+        result = RungResult(name, "training", plan_memory_mb=plan.total_mb)
+        ladder.child_stats(result, run_dir)
+        return ladder.assess(result, str(run_dir / "final"))
+
+    return rung
+
+
+def best_sft(ladder: Ladder, *, mergeable: bool = False) -> RungResult | None:
+    """The SFT rung with the best held-out metric (LoRA or full only, when RL must start from it)."""
+    names = ("lora", "full") if mergeable else ("prompt_tuning", "lora", "full")
+    done = [ladder.results[n] for n in names if n in ladder.results and ladder.results[n].status == "ok"]
+    return max(done, key=lambda r: r.metric[0]) if done else None
+
+
+def preference_pairs(ladder: Ladder, ref: str) -> list[dict]:
+    """Sample answers to training prompts, score them with the task metric, pair better with worse.
+
+    When every sample of a prompt scores the same, the pair is the reference answer vs a sample if the
+    samples are below the reference's score; otherwise the prompt gives no pair.
+    """
+    task, bon = ladder.task, ladder.cfg.best_of_n
+    rows = task.train[-bon.prompts :]
+    n = bon.samples
+    conversations = [[user(task.prompt(r))] for r in rows for _ in range(n)]
+    replies = ladder.lm(ref).complete(
+        conversations, max_new_tokens=task.max_new_tokens, temperature=1.0, seed=ladder.cfg.seed
+    )
+    pairs = []
+    for i, row in enumerate(rows):
+        scored = sorted(
+            (
+                (task.score(task.answer(r.text), row)[task.metric], r.text)
+                for r in replies[i * n : (i + 1) * n]
+            ),
+            key=lambda s: s[0],
+        )
+        (low, worst), (high, best) = scored[0], scored[-1]
+        if high <= low:
+            if low >= 1.0:
+                continue
+            best = task.reference(row)
+        pairs.append({"prompt": task.prompt(row), "chosen": best, "rejected": worst})
+    return pairs
+
+
+def best_of_n(ladder: Ladder) -> RungResult:
+    cfg, bon = ladder.cfg, ladder.cfg.best_of_n
+    start_rung = best_sft(ladder)
+    policy = start_rung.model_ref if start_rung else cfg.model.name
+    result = RungResult("best_of_n", "reward", model_ref=policy)
+    started = time.perf_counter()
+    pairs = preference_pairs(ladder, policy)
+    if len(pairs) < 4:
+        raise TunelabError(
+            f"only {len(pairs)} preference pairs from {bon.prompts} prompts: too few for a reward model"
+        )
+    prefs = _write_jsonl(ladder.out / "data" / "preference.jsonl", pairs)
+    result.train_seconds += time.perf_counter() - started
+    overrides = [
+        f"model={cfg.model.name}",
+        "adapter=lora",
+        f"data.train={prefs}",
+        f"train.max_steps={bon.rm.steps}",
+        f"train.lr={bon.rm.lr}",
+        f"train.batch_size={bon.rm.batch_size}",
+        f"train.max_len={cfg.max_len}",
+        f"seed={cfg.seed}",
+    ]
+    run_dir = ladder.child("rm", "reward_model", overrides, bon.rm.steps)
+    ladder.child_stats(result, run_dir)
+    if start_rung:
+        result.train_seconds += start_rung.train_seconds
+        result.stored_bytes += start_rung.stored_bytes
+    opts = cfg.prompting.model_copy(
+        update={"rm": str(run_dir / "final"), "samples": bon.samples, "temperature": 1.0}
+    )
+    ladder.record(result, ladder.evaluate(policy, "best_of_n", ladder.rows, opts))
+    source = start_rung or ladder.base
+    result.perplexity, result.retention = source.perplexity, source.retention
+    result.notes.append(
+        f"policy: {start_rung.name if start_rung else 'base'}; reward model from {len(pairs)} pairs"
+    )
+    return result
+
+
+def _reward_spec(ladder: Ladder) -> str:
+    ref = ladder.cfg.task
+    if ref.startswith("reasoning_gym:"):
+        return ref
+    return f"task:{Path(ref).resolve()}" if Path(ref).exists() else f"task:{ref}"
+
+
+def rl(ladder: Ladder) -> RungResult:
+    cfg, task = ladder.cfg, ladder.task
+    start_rung = best_sft(ladder, mergeable=True)
+    if start_rung is None:
+        start, start_name = cfg.model.name, "base"
+    elif start_rung.name == "lora":
+        start, start_name = str(Path(start_rung.run_dir) / "merged"), "lora"
+    else:
+        start, start_name = start_rung.model_ref, start_rung.name
+    prompts = _write_jsonl(
+        ladder.out / "data" / "prompts.jsonl",
+        [{"prompt": task.prompt(r), "answer": task.reference(r)} for r in task.train],
+    )
+    overrides = [
+        f"model={start}",
+        "adapter=lora",
+        f"reward={_reward_spec(ladder)}",
+        f"data.train={prompts}",
+        f"train.max_steps={cfg.rl.steps}",
+        f"train.lr={cfg.rl.lr}",
+        f"rl.group={cfg.rl.group}",
+        f"rl.prompts_per_step={cfg.rl.prompts_per_step}",
+        f"rollout.max_new_tokens={task.max_new_tokens}",
+        f"seed={cfg.seed}",
+    ]
+    run_dir = ladder.child("rl", "rl", overrides, cfg.rl.steps)
+    result = RungResult("rl", "rl")
+    ladder.child_stats(result, run_dir)
+    if start_rung:
+        result.train_seconds += start_rung.train_seconds
+        result.stored_bytes += start_rung.stored_bytes
+    result.notes.append(f"GRPO on top of {start_name}")
+    return ladder.assess(result, str(run_dir / "final"))
+
+
+PROMPTING = ("zero_shot", "rules", "cot", "reflection", "few_shot", "self_consistency")
+RUNGS = {
+    **{name: prompting(name) for name in PROMPTING},
+    **{name: sft(name) for name in ADAPTERS},
+    "best_of_n": best_of_n,
+    "rl": rl,
+}
