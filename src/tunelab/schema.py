@@ -349,6 +349,10 @@ class LadderBestOfN(Section):
         4, ge=2, description="answers sampled per prompt, for the RM's pairs and at test time"
     )
     prompts: int = Field(48, ge=4, description="training prompts sampled to build the RM's preference pairs")
+    pairs: str | None = Field(
+        None,
+        description="preference pairs for the reward model (e.g. human labels); default: sampled and ranked",
+    )
     rm: RungTrain = Field(
         default_factory=lambda: RungTrain(steps=20, lr=1e-4, batch_size=8),
         description="reward-model training",

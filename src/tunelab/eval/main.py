@@ -123,6 +123,7 @@ def main(cfg: EvalConfig) -> Path:
         TimeRemainingColumn,
     )
 
+    from tunelab.console import table_console
     from tunelab.models.load import load_model
     from tunelab.prompting.lm import ChatModel
     from tunelab.rm import render_options_for
@@ -185,7 +186,7 @@ def main(cfg: EvalConfig) -> Path:
         (out / "judge.json").write_text(json.dumps(judged, indent=1))
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_markdown(cfg, task, results, judged))
-    Console().print(
+    table_console().print(
         results_table(task, results, f"{cfg.model.name} on {task.name} ({len(rows)} {cfg.eval.split} rows)")
     )
     if judged:

@@ -221,11 +221,12 @@ figure {{ display: inline-block; margin: 1rem 1rem 0 0; }} img {{ max-width: 560
 
 def print_table(ladder: Ladder, console) -> None:
     """The table in the terminal (wide enough not to wrap when the output is a file or a pipe)."""
-    from rich.console import Console
     from rich.table import Table
 
+    from tunelab.console import table_console
+
     if not console.is_terminal:
-        console = Console(width=170)
+        console = table_console()
 
     table = Table(
         title=f"ladder: {ladder.cfg.model.name} on {ladder.task.name} ({ladder.task.metric}, held out)"

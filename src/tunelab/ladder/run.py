@@ -247,9 +247,8 @@ def main(cfg: LadderConfig) -> Path:
     from tunelab.ladder.rungs import RUNGS, baseline, plan_line
 
     console = Console(stderr=True)
-    warnings.filterwarnings(
-        "ignore", message="Position ids are not supported"
-    )  # peft, prompt tuning: harmless
+    warnings.filterwarnings("ignore", message="Position ids are not supported")  # peft prompt tuning
+    warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notes
     with _progress(console) as progress:
         ladder = Ladder(cfg, console, progress)
         (ladder.out / "config.yaml").write_text(dump_config(cfg))

@@ -67,16 +67,17 @@ def training_pairs(ladder: Ladder) -> Path:
     return path.resolve()
 
 
-def longest_row(ladder: Ladder) -> int:
-    """Tokens of the longest rendered training row (what a padded batch's length will be)."""
+def longest_row(ladder: Ladder) -> tuple[int, int]:
+    """(tokens, trained tokens) of the longest rendered training rows: a padded batch's length, and
+    the positions where the loss needs logits."""
     from tunelab.data.render import RenderOptions, render_pair
 
     tok = ladder.lm(ladder.cfg.model.name).tok
-    rows = ladder.task.train[:200]
-    return max(
-        len(render_pair(tok, ladder.task.prompt(r), ladder.task.reference(r), RenderOptions()).input_ids)
-        for r in rows
-    )
+    rendered = [
+        render_pair(tok, ladder.task.prompt(r), ladder.task.reference(r), RenderOptions())
+        for r in ladder.task.train[:200]
+    ]
+    return max(len(t.input_ids) for t in rendered), max(t.n_trained for t in rendered)
 
 
 def estimate(ladder: Ladder, name: str):
@@ -84,9 +85,14 @@ def estimate(ladder: Ladder, name: str):
 
     config = ladder.lm(ladder.cfg.model.name).model.config
     budget = getattr(ladder.cfg, name)
-    seq = min(longest_row(ladder), ladder.cfg.max_len)
+    seq, targets = longest_row(ladder)
     return plan(
-        config, PLAN_METHODS[name], batch_size=budget.batch_size, seq_len=seq, gflops=ladder.gflops
+        config,
+        PLAN_METHODS[name],
+        batch_size=budget.batch_size,
+        seq_len=min(seq, ladder.cfg.max_len),
+        target_len=targets,
+        gflops=ladder.gflops,
     ), budget.steps
 
 
@@ -135,27 +141,29 @@ def best_sft(ladder: Ladder, *, mergeable: bool = False) -> RungResult | None:
     return max(done, key=lambda r: r.metric[0]) if done else None
 
 
-def preference_pairs(ladder: Ladder, ref: str) -> list[dict]:
-    """Sample answers to training prompts, score them with the task metric, pair better with worse.
+def preference_pairs(ladder: Ladder, refs: list[str]) -> list[dict]:
+    """Sample answers to training prompts from each model in `refs`, rank them with the task metric,
+    and pair a best answer with a worst one per prompt.
 
-    When every sample of a prompt scores the same, the pair is the reference answer vs a sample if the
-    samples are below the reference's score; otherwise the prompt gives no pair.
+    A well-trained SFT model rarely errs, so the base model's samples are pooled with it: they hold the
+    mistakes a reward model must learn to rank low. When every sample of a prompt has the same score
+    below the reference's, the reference answer is the chosen one.
     """
     task, bon = ladder.task, ladder.cfg.best_of_n
     rows = task.train[-bon.prompts :]
     n = bon.samples
-    conversations = [[user(task.prompt(r))] for r in rows for _ in range(n)]
-    replies = ladder.lm(ref).complete(
-        conversations, max_new_tokens=task.max_new_tokens, temperature=1.0, seed=ladder.cfg.seed
-    )
+    pooled: list[list[str]] = [[] for _ in rows]
+    for ref in refs:
+        conversations = [[user(task.prompt(r))] for r in rows for _ in range(n)]
+        replies = ladder.lm(ref).complete(
+            conversations, max_new_tokens=task.max_new_tokens, temperature=1.0, seed=ladder.cfg.seed
+        )
+        for i in range(len(rows)):
+            pooled[i] += [r.text for r in replies[i * n : (i + 1) * n]]
     pairs = []
-    for i, row in enumerate(rows):
+    for row, texts in zip(rows, pooled, strict=True):
         scored = sorted(
-            (
-                (task.score(task.answer(r.text), row)[task.metric], r.text)
-                for r in replies[i * n : (i + 1) * n]
-            ),
-            key=lambda s: s[0],
+            ((task.score(task.answer(t), row)[task.metric], t) for t in texts), key=lambda s: s[0]
         )
         (low, worst), (high, best) = scored[0], scored[-1]
         if high <= low:
@@ -172,12 +180,17 @@ def best_of_n(ladder: Ladder) -> RungResult:
     policy = start_rung.model_ref if start_rung else cfg.model.name
     result = RungResult("best_of_n", "reward", model_ref=policy)
     started = time.perf_counter()
-    pairs = preference_pairs(ladder, policy)
-    if len(pairs) < 4:
-        raise TunelabError(
-            f"only {len(pairs)} preference pairs from {bon.prompts} prompts: too few for a reward model"
-        )
-    prefs = _write_jsonl(ladder.out / "data" / "preference.jsonl", pairs)
+    if bon.pairs:  # human (or other) preference pairs given: no sampling
+        prefs = Path(bon.pairs).resolve()
+        n_pairs = sum(1 for line in prefs.read_text().splitlines() if line.strip())
+    else:
+        sources = [cfg.model.name] + ([policy] if policy != cfg.model.name else [])
+        pairs = preference_pairs(ladder, sources)
+        if len(pairs) < 4:
+            raise TunelabError(
+                f"only {len(pairs)} preference pairs from {bon.prompts} prompts: too few for a reward model"
+            )
+        prefs, n_pairs = _write_jsonl(ladder.out / "data" / "preference.jsonl", pairs), len(pairs)
     result.train_seconds += time.perf_counter() - started
     overrides = [
         f"model={cfg.model.name}",
@@ -201,7 +214,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
     source = start_rung or ladder.base
     result.perplexity, result.retention = source.perplexity, source.retention
     result.notes.append(
-        f"policy: {start_rung.name if start_rung else 'base'}; reward model from {len(pairs)} pairs"
+        f"policy: {start_rung.name if start_rung else 'base'}; reward model from {n_pairs} pairs"
     )
     return result
 
