@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
@@ -182,3 +183,13 @@ def test_eval_cli_bad_input_is_one_clear_message(cli, tmp_path, args, message):
     task = write_task(tmp_path)
     code, _, err = cli("eval", "model=tiny:llama", f"task={task}", f"out={tmp_path / 'ev'}", *args)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "path", sorted(str(p) for p in Path(__file__).parents[1].glob("examples/tasks/*.yaml"))
+)
+def test_example_task_files_load_and_score_their_references(path):
+    task = load_task(path)
+    assert task.train and task.eval
+    for row in task.eval[:5]:  # the reference, written as a model would, gets full marks
+        assert task.score(task.answer(f"{task.reference(row)}"), row)[task.metric] == 1.0

@@ -67,7 +67,7 @@ def test_every_rung_reports_quality_and_cost(ladder_run):
         assert rungs[name]["perplexity"] > 0 and rungs[name]["train_metric"] is not None
         assert rungs[name]["retention"] is not None
     assert results["base"]["perplexity"] > 0
-    assert "lora" in rungs["best_of_n"]["notes"][0] or "full" in rungs["best_of_n"]["notes"][0]
+    assert rungs["best_of_n"]["notes"][0].startswith("policy: base")
     assert (out / "runs" / "lora" / "final" / "adapter_config.json").is_file()
     assert (out / "runs" / "rl" / "final" / "adapter_config.json").is_file()
     assert (out / "data" / "preference.jsonl").is_file()

@@ -315,7 +315,11 @@ QUICKSTART = [  # budgets that fit `make demo` in 15 minutes on a 2-core CPU, se
     "prompt_tuning.steps=20",
     "lora.steps=16",
     "full.steps=12",
+    "eval.limit=32",
     "eval.train_limit=8",
+    "best_of_n.prompts=32",
+    "best_of_n.rm.steps=8",
+    "best_of_n.rm.batch_size=4",
     "out=runs/quickstart",
 ]
 

@@ -345,6 +345,10 @@ class LadderEvalSection(Section):
 
 
 class LadderBestOfN(Section):
+    policy: Literal["base", "sft"] = Field(
+        "base",
+        description="who samples the n answers: the base model (no training but the reward model's), or the best SFT rung",
+    )
     samples: int = Field(
         4, ge=2, description="answers sampled per prompt, for the RM's pairs and at test time"
     )

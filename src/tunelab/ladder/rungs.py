@@ -175,8 +175,11 @@ def preference_pairs(ladder: Ladder, refs: list[str]) -> list[dict]:
 
 
 def best_of_n(ladder: Ladder) -> RungResult:
+    """A reward model picks the best of n sampled answers. policy=base: the base model samples and the
+    reward model is the only thing trained (pairs from the base model's own samples); policy=sft: the
+    best SFT rung samples, and its samples join the base model's in the pairs."""
     cfg, bon = ladder.cfg, ladder.cfg.best_of_n
-    start_rung = best_sft(ladder)
+    start_rung = best_sft(ladder) if bon.policy == "sft" else None
     policy = start_rung.model_ref if start_rung else cfg.model.name
     result = RungResult("best_of_n", "reward", model_ref=policy)
     started = time.perf_counter()
@@ -207,9 +210,8 @@ def best_of_n(ladder: Ladder) -> RungResult:
     if start_rung:
         result.train_seconds += start_rung.train_seconds
         result.stored_bytes += start_rung.stored_bytes
-    opts = cfg.prompting.model_copy(
-        update={"rm": str(run_dir / "final"), "samples": bon.samples, "temperature": 1.0}
-    )
+    opts = cfg.prompting.model_copy(update={"rm": str(run_dir / "final"), "samples": bon.samples})
+
     ladder.record(result, ladder.evaluate(policy, "best_of_n", ladder.rows, opts))
     source = start_rung or ladder.base
     result.perplexity, result.retention = source.perplexity, source.retention
