@@ -163,7 +163,7 @@ def _notes(ladder: Ladder) -> list[str]:
     lines = [
         f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}; model: `{ladder.cfg.model.name}`.",
         "Intervals: percentile bootstrap 95%. Train s: every second spent making the rung (sampling, "
-        "training; best_of_n and rl include the SFT rung they start from). Stored: weight files beyond the "
+        "training; rl and best_of_n with policy=sft include the SFT rung they start from). Stored: weight files beyond the "
         "base model. Peak MB: the training process's peak resident memory (plan's estimate in brackets); "
         "for prompting rungs, this process's memory.",
         f"Forgetting: Δ = after − before, on general text perplexity (base {base.perplexity:.2f}; higher = "
