@@ -114,16 +114,8 @@ def _judge(cfg: EvalConfig, lm, results: list[StrategyResult]) -> dict:
 
 def main(cfg: EvalConfig) -> Path:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    from tunelab.console import table_console
+    from tunelab.console import progress_bar, table_console
     from tunelab.models.load import load_model
     from tunelab.prompting.lm import ChatModel
     from tunelab.rm import render_options_for
@@ -153,15 +145,7 @@ def main(cfg: EvalConfig) -> Path:
         f"evaluating {cfg.model.name} on {task.name}: {len(rows)} rows x {', '.join(cfg.strategies)}"
     )
     results = []
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+    with progress_bar(console) as progress:
         for name in cfg.strategies:
             result = evaluate(
                 lm,
