@@ -65,7 +65,7 @@ def test_judge_counts_a_verdict_only_when_both_orders_agree():
             return [Reply("A", 1, 1) for _ in conversations]
 
     verdicts = pairwise(FirstSlotJudge(), [("q", "x", "y")] * 4)
-    assert summarize(verdicts) | {} == {
+    assert summarize(verdicts) == {
         "n": 4,
         "a": 0,
         "b": 0,
@@ -146,12 +146,13 @@ def test_reasoning_gym_task_uses_its_own_scorer():
     )  # fixed seed
 
 
-def test_eval_cli_writes_a_table_intervals_and_outputs(cli, tmp_path):
+@pytest.mark.parametrize("model", ["tiny:llama", "tiny:gpt2"])  # a chat template, and none
+def test_eval_cli_writes_a_table_intervals_and_outputs(cli, tmp_path, model):
     task = write_task(tmp_path, rules=["Answer with a number."], extract="number", metrics=["numeric"])
     out = tmp_path / "ev"
     code, stdout, err = cli(
         "eval",
-        "model=tiny:llama",
+        f"model={model}",
         f"task={task}",
         "strategy=[zero_shot,rules,few_shot,cot]",
         "prompting.cot_max_new_tokens=8",

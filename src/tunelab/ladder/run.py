@@ -102,7 +102,7 @@ class Ladder:
         self._loaded = (ref, lm)
         return lm
 
-    def evaluate(self, ref: str, strategy: str, rows: list[dict], opts=None, label: str = ""):
+    def evaluate(self, ref: str, strategy: str, rows: list[dict], opts=None):
         from tunelab.eval.harness import evaluate
 
         return evaluate(
@@ -168,8 +168,12 @@ class Ladder:
             self._gflops = machine_gflops()
         return self._gflops
 
-    def child(self, stage: str, name: str, overrides: list[str], steps: int) -> Path:
-        """Run `tunelab STAGE overrides... out=<ladder>/runs/NAME` as a child process; follow its steps."""
+    def train_child(
+        self, result: RungResult, stage: str, overrides: list[str], steps: int, name: str | None = None
+    ) -> Path:
+        """Run `tunelab STAGE overrides... out=<ladder>/runs/NAME` as a child process, follow its steps,
+        and add its time, peak memory, trained parameters and weight files to `result`."""
+        name = name or result.name
         run_dir = (self.out / "runs" / name).resolve()
         log = run_dir.with_suffix(".log")
         run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -189,22 +193,19 @@ class Ladder:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if bar is not None:
             self.progress.remove_task(bar)
-        self._child_peak_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
-        self._child_seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         if proc.returncode != 0:
             tail = log.read_text().strip().splitlines()[-3:]
             raise TunelabError(
                 f"`tunelab {stage}` failed (exit {proc.returncode}); see {log}: " + " | ".join(tail)
             )
-        return run_dir
-
-    def child_stats(self, result: RungResult, run_dir: Path) -> None:
         summary = json.loads((run_dir / "summary.json").read_text())
-        result.train_seconds += self._child_seconds
+        result.train_seconds += seconds
+        result.peak_memory_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
         result.trainable_params = summary["trainable_params"]
-        result.peak_memory_mb = self._child_peak_mb
         result.stored_bytes += weights_size(run_dir / "final")
         result.run_dir = str(run_dir)
+        return run_dir
 
 
 def _last_step(run_dir: Path) -> int:

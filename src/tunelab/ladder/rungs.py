@@ -126,9 +126,8 @@ def sft(name: str):
         if name == "full":
             overrides.append("model.dropout=0.1")  # the knob against fast over-fitting
         plan, _ = estimate(ladder, name)
-        run_dir = ladder.child("sft", name, overrides, budget.steps)
         result = RungResult(name, "training", plan_memory_mb=plan.total_mb)
-        ladder.child_stats(result, run_dir)
+        run_dir = ladder.train_child(result, "sft", overrides, budget.steps)
         return ladder.assess(result, str(run_dir / "final"))
 
     return rung
@@ -205,8 +204,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
         f"train.max_len={cfg.max_len}",
         f"seed={cfg.seed}",
     ]
-    run_dir = ladder.child("rm", "reward_model", overrides, bon.rm.steps)
-    ladder.child_stats(result, run_dir)
+    run_dir = ladder.train_child(result, "rm", overrides, bon.rm.steps, name="reward_model")
     if start_rung:
         result.train_seconds += start_rung.train_seconds
         result.stored_bytes += start_rung.stored_bytes
@@ -253,9 +251,8 @@ def rl(ladder: Ladder) -> RungResult:
         f"rollout.max_new_tokens={task.max_new_tokens}",
         f"seed={cfg.seed}",
     ]
-    run_dir = ladder.child("rl", "rl", overrides, cfg.rl.steps)
     result = RungResult("rl", "rl")
-    ladder.child_stats(result, run_dir)
+    run_dir = ladder.train_child(result, "rl", overrides, cfg.rl.steps)
     if start_rung:
         result.train_seconds += start_rung.train_seconds
         result.stored_bytes += start_rung.stored_bytes

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 
+from tunelab.tasks.metrics import json_equal
+
 NAMES = [
     "Aero Lamp",
     "Brio Kettle",
@@ -64,7 +66,4 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 def exact_match(completion: str, reference: str) -> float:
     """1.0 when the completion parses to the same JSON object as the reference."""
-    try:
-        return float(json.loads(completion.strip()) == json.loads(reference))
-    except (json.JSONDecodeError, TypeError):
-        return 0.0
+    return json_equal(completion.strip(), reference)
