@@ -399,6 +399,27 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from tunelab.label import commands
+
+    if args.action == "serve":
+        return commands.serve(args.project, args.host, args.port)
+    if args.action == "stats":
+        return commands.stats(args.project, args.json, args.worst)
+    if not args.out:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError("label export needs --out FILE (the preference JSONL to write).")
+    return commands.export(args.project, args.out, args.judgments)
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    from tunelab.arena import main as arena_main
+
+    arena_main(args.files, args.out, rounds=args.rounds, seed=args.seed, prior=args.prior)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tunelab.doctor import run_doctor
 
@@ -555,6 +576,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-tokens", type=int, default=20, help="virtual tokens of prompt tuning (default 20)"
     )
     plan.set_defaults(func=cmd_plan)
+
+    label = sub.add_parser("label", help="human preference labelling: label serve|stats|export PROJECT.yaml")
+    label.add_argument(
+        "action",
+        choices=["serve", "stats", "export"],
+        help="serve: the web page for assessors; stats: quality of assessors and items; export: preference JSONL",
+    )
+    label.add_argument("project", help="the project file (see examples/label/project.yaml)")
+    label.add_argument("--host", help="serve: address to listen on (default: the project's server.host)")
+    label.add_argument("--port", type=int, help="serve: TCP port (default: the project's server.port)")
+    label.add_argument("--json", help="stats: also write every statistic as JSON here")
+    label.add_argument("--worst", type=int, default=5, help="stats: list this many lowest-agreement items")
+    label.add_argument("--out", help="export: the preference JSONL to write (for tunelab rm / dpo)")
+    label.add_argument("--judgments", help="export: also write every usable vote as arena judgments here")
+    label.set_defaults(func=cmd_label)
+
+    arena = sub.add_parser(
+        "arena", help="Bradley-Terry ratings of systems from pairwise judgments, with 95% intervals"
+    )
+    arena.add_argument(
+        "files", nargs="+", metavar="JUDGMENTS", help="JSONL of model_a, model_b, winner (FastChat battles)"
+    )
+    arena.add_argument("--out", default="runs/arena", help="folder for ratings.json and ratings.png")
+    arena.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    arena.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    arena.add_argument(
+        "--prior",
+        type=float,
+        default=1e-3,
+        help="Gaussian prior on log-strengths; 0 = pure maximum likelihood",
+    )
+    arena.set_defaults(func=cmd_arena)
 
     doctor = sub.add_parser("doctor", help="versions, the embedded model, known-bad combinations")
     doctor.set_defaults(func=cmd_doctor)

@@ -1,0 +1,122 @@
+"""`tunelab label serve|stats|export`: what each prints and writes (the parser lives in tunelab.cli).
+
+tunelab label stats project.yaml --json stats.json
+tunelab label export project.yaml --out prefs.jsonl --judgments battles.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.label.project import Project, load_project
+
+
+def _store(project: Project):
+    from tunelab.label.db import Store
+
+    if not project.db_path.is_file():
+        raise TunelabError(
+            f"{project.path}: the database {project.db_path} does not exist yet; `tunelab label serve` creates it."
+        )
+    return Store(project.db_path)
+
+
+def _num(value: float | None, n: int | None = None, fmt: str = ".2f") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{fmt}}" + (f" ({n})" if n is not None else "")
+
+
+def serve(path: str, host: str | None, port: int | None) -> int:
+    from tunelab.label.server import serve as run_server
+
+    project = load_project(path)
+    run_server(
+        project, host or project.cfg.server.host, port if port is not None else project.cfg.server.port
+    )
+    return 0
+
+
+def stats(path: str, json_out: str | None, worst: int) -> int:
+    from rich.table import Table
+
+    from tunelab.console import table_console
+    from tunelab.label.stats import summarize
+
+    project = load_project(path)
+    report = summarize(_store(project).labels(), project.cfg.thresholds)
+    console = table_console()
+    table = Table(title=f"assessors of '{project.cfg.name}': {report['labels']} labels (count in brackets)")
+    for col in (
+        "assessor",
+        "labels",
+        "honeypot acc.",
+        "self-consistency",
+        "left share",
+        "kappa",
+        "labels/h",
+        "flags",
+    ):
+        table.add_column(col, justify="left" if col in ("assessor", "flags") else "right")
+    for a in report["assessors"]:
+        table.add_row(
+            a["assessor"],
+            str(a["labels"]),
+            _num(a["honeypot_accuracy"], a["honeypots"]),
+            _num(a["self_consistency"], a["repeats"]),
+            _num(a["position_bias"], a["side_picks"]),
+            _num(a["agreement_kappa"], a["shared_items"]),
+            _num(a["labels_per_hour"], fmt=".0f"),
+            "; ".join(a["flags"]) or "ok",
+        )
+    console.print(table)
+    multi = [it for it in report["items"] if it["votes"] >= 2]
+    alpha = report["krippendorff_alpha"]
+    console.print(
+        f"Krippendorff's alpha (nominal) over {len(multi)} item(s) with 2+ votes: {_num(alpha, fmt='.3f')}"
+        + (f"; mean majority share {sum(it['agreement'] for it in multi) / len(multi):.2f}" if multi else "")
+    )
+    for it in sorted(multi, key=lambda it: it["agreement"])[:worst]:
+        console.print(
+            f"  lowest agreement: item {it['item']}: {it['agreement']:.2f} of {it['votes']} votes, "
+            f"majority {it['majority'] or 'none (split)'}"
+        )
+    console.print(f"Prompts whose majority preferences form a cycle: {len(report['cyclic_prompts'])}")
+    for p in report["cyclic_prompts"]:
+        triples = (
+            ", ".join(f"{x} > {y} > {z} > {x}" for x, y, z in p["intransitive_triples"]) or "longer cycle"
+        )
+        console.print(f"  {p['prompt'][:70]!r}: {triples}")
+    if report["flagged"]:
+        console.print(f"Flagged assessors (left out of `label export`): {', '.join(report['flagged'])}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+        console.print(f"wrote {json_out}")
+    return 0
+
+
+def export(path: str, out: str, judgments_out: str | None) -> int:
+    from tunelab.label.export import build_preferences, judgments
+    from tunelab.label.stats import summarize
+
+    project = load_project(path)
+    store = _store(project)
+    labels = store.labels()
+    rows, dropped = build_preferences(labels, store.items(), project.cfg)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} preference pair(s) to {out} from {len(labels)} label(s)")
+    for reason, n in sorted(dropped.items()):
+        print(f"  {n:6d}  {reason}")
+    if not dropped:
+        print("  nothing dropped or down-weighted")
+    if judgments_out:
+        flagged = set(summarize(labels, project.cfg.thresholds)["flagged"])
+        battles = judgments(labels, flagged)
+        Path(judgments_out).write_text("".join(json.dumps(b, ensure_ascii=False) + "\n" for b in battles))
+        print(f"wrote {len(battles)} judgment(s) for `tunelab arena` to {judgments_out}")
+    if not rows:
+        raise TunelabError(f"No preference pair survived (see the counts above); {out} is empty.")
+    return 0

@@ -1,0 +1,388 @@
+"""PROJECT.yaml (who labels what, under which rule book) and the pairs it points to.
+
+    project = load_project("examples/label/project.yaml")
+    items = load_items(project)          # every pair of answers to compare, honeypots included
+
+Paths in the project file are relative to the file. A mistake names the file, the line and the key
+(`project.yaml:12: 'overlap': ...`), or the pairs file's line and field, and ends the command with
+exit status 2 — like every other tunelab config and data file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tunelab.config import Section
+from tunelab.errors import DataError, Problem, TunelabError
+
+NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MIN_TOKEN = 12  # characters; shorter tokens are guessable by a patient script
+
+
+class Criterion(Section):
+    description: str = Field(description="what the criterion asks, shown on the page")
+    reasons: list[str] = Field(
+        min_length=1,
+        description="reasons an assessor picks from (one per criterion per label); the first is preselected",
+    )
+
+    @field_validator("reasons")
+    @classmethod
+    def _unique(cls, reasons: list[str]) -> list[str]:
+        if len(set(reasons)) != len(reasons) or any(not r.strip() for r in reasons):
+            raise ValueError("reasons must be distinct, non-empty texts")
+        return reasons
+
+
+def _default_criteria() -> dict[str, Criterion]:
+    same = "no difference"
+    return {
+        "honest": Criterion(
+            description="Correct; nothing made up; says so when unsure.",
+            reasons=[same, "A states something false", "B states something false", "both make things up"],
+        ),
+        "harmless": Criterion(
+            description="Nothing dangerous, hateful or private; refuses only what must be refused.",
+            reasons=[same, "A is harmful", "B is harmful", "A refuses needlessly", "B refuses needlessly"],
+        ),
+        "helpful": Criterion(
+            description="Does what was asked, completely, in the requested format, concisely.",
+            reasons=[same, "A answers the request better", "B answers the request better", "neither helps"],
+        ),
+    }
+
+
+class RuleBook(Section):
+    text: str = Field(
+        "The ideal answer is honest, harmless and helpful, in that order of importance. Compare the two "
+        "answers as a whole; when they are equally good pick 'tie', when neither is acceptable 'both bad'.",
+        description="the rules shown above every comparison",
+    )
+    criteria: dict[str, Criterion] = Field(
+        default_factory=_default_criteria,
+        description="criterion name -> description and reasons; one reason per criterion with every label",
+    )
+
+
+class Thresholds(Section):
+    honeypot_accuracy: float = Field(
+        0.7, ge=0, le=1, description="flag an assessor whose share of honeypots judged right is below this"
+    )
+    self_consistency: float = Field(
+        0.6, ge=0, le=1, description="flag below this share of repeats answered as the first time"
+    )
+    position_bias: float = Field(
+        0.8,
+        ge=0.5,
+        le=1,
+        description="flag when the share of 'left' picks is above this (or below 1 - this)",
+    )
+    agreement: float = Field(
+        0.2, ge=-1, le=1, description="flag below this mean Cohen's kappa with the other assessors"
+    )
+    min_evidence: int = Field(
+        3, ge=1, description="a statistic over fewer observations than this flags nobody"
+    )
+
+
+class ExportSection(Section):
+    min_agreement: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="items whose reliability-weighted agreement is below this are low-agreement",
+    )
+    low_agreement: Literal["drop", "downweight"] = Field(
+        "drop", description="what happens to low-agreement items"
+    )
+    cyclic: Literal["drop", "downweight"] = Field(
+        "downweight", description="what happens to pairs on a preference cycle of their prompt"
+    )
+    downweight: float = Field(0.5, gt=0, le=1, description="weight multiplier for down-weighted pairs")
+    min_votes: int = Field(1, ge=1, description="pairs with fewer usable votes are dropped")
+
+
+class ServerSection(Section):
+    host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    max_body_bytes: int = Field(16_384, ge=1024, description="larger request bodies are refused with 413")
+
+
+class ProjectConfig(Section):
+    name: str = Field("labelling", description="shown on the page")
+    pairs: str = Field(
+        description="JSONL: {prompt, answers: [{system, text}, ...]} (2+ answers; every pair is compared)"
+    )
+    honeypots: str | None = Field(
+        None, description="JSONL of gold items {prompt, chosen, rejected}; chosen is the right answer"
+    )
+    db: str = Field("label.db", description="SQLite database (created on first start)")
+    assessors: dict[str, str] = Field(
+        min_length=1, description="assessor name -> login token ('env:VAR' reads it from the environment)"
+    )
+    admin_token: str = Field(description="token for stats and export over HTTP ('env:VAR' allowed)")
+    overlap: int = Field(1, ge=1, description="assessors per item (k)")
+    honeypot_share: float = Field(
+        0.1, ge=0, lt=1, description="share of each assessor's queue that is honeypots"
+    )
+    repeat_share: float = Field(
+        0.1, ge=0, le=1, description="share of an assessor's items shown again later, sides swapped"
+    )
+    repeat_gap: int = Field(
+        5, ge=1, description="at least this many other items between an item and its repeat"
+    )
+    seed: int = Field(0, description="seed of the assignment, the order and the sides")
+    rulebook: RuleBook = Field(default_factory=RuleBook, description="rules and reasons shown to assessors")
+    thresholds: Thresholds = Field(
+        default_factory=Thresholds, description="when `label stats` flags an assessor"
+    )
+    export: ExportSection = Field(
+        default_factory=ExportSection, description="how `label export` weighs and drops"
+    )
+    server: ServerSection = Field(default_factory=ServerSection, description="where `label serve` listens")
+
+    @field_validator("assessors")
+    @classmethod
+    def _names(cls, assessors: dict[str, str]) -> dict[str, str]:
+        for name in assessors:
+            if not NAME.match(name):
+                raise ValueError(f"assessor name {name!r} must be 1-64 letters, digits or _.@-")
+        return assessors
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ProjectConfig:
+        if self.overlap > len(self.assessors):
+            raise ValueError(
+                f"overlap {self.overlap} needs at least that many assessors, got {len(self.assessors)}"
+            )
+        return self
+
+
+@dataclass
+class Project:
+    cfg: ProjectConfig
+    path: Path
+    tokens: dict[str, str]  # token -> assessor name (resolved from env: where asked)
+    admin_token: str
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.path.parent / p
+
+    @property
+    def db_path(self) -> Path:
+        return self.resolve(self.cfg.db)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One comparison: two answers to one prompt. `gold` is 'a' for honeypots (a = the right answer)."""
+
+    key: str
+    prompt: str
+    system_a: str
+    text_a: str
+    system_b: str
+    text_b: str
+    gold: str | None = None
+    source: str = ""  # file:line, for messages
+
+
+# ---------------------------------------------------------------- the project file
+
+
+def _line_of(node: Any, loc: tuple) -> int | None:
+    """1-based line of the YAML node at `loc` (a pydantic error location), as deep as it exists."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == part), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _token(value: str, where: str, path: Path) -> str:
+    if value.startswith("env:"):
+        var = value[4:]
+        value = os.environ.get(var, "")
+        if not value:
+            raise TunelabError(f"{path}: '{where}' reads the environment variable {var}, which is not set.")
+    if len(value) < MIN_TOKEN:
+        raise TunelabError(f"{path}: '{where}': a token needs at least {MIN_TOKEN} characters.")
+    return value
+
+
+def load_project(path: str | Path) -> Project:
+    """Read and check PROJECT.yaml; errors name the file, the line and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise TunelabError(f"Project file '{p}' does not exist.")
+    try:
+        text = p.read_text(encoding="utf-8")
+        data, tree = yaml.safe_load(text), yaml.compose(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TunelabError(f"Project file '{p}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise TunelabError(
+            f"Project file '{p}' must hold a mapping of keys (pairs, assessors, admin_token, ...)."
+        )
+    try:
+        cfg = ProjectConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            line = _line_of(tree, loc) or 1
+            key = ".".join(str(x) for x in loc) or "(top level)"
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].lower()
+            lines.append(f"{p}:{line}: '{key}': {msg}")
+        raise TunelabError("Project file error:\n  " + "\n  ".join(lines)) from None
+    tokens: dict[str, str] = {}
+    for name, raw in cfg.assessors.items():
+        token = _token(raw, f"assessors.{name}", p)
+        if token in tokens:
+            raise TunelabError(
+                f"{p}: assessors {tokens[token]!r} and {name!r} share a token; each needs its own."
+            )
+        tokens[token] = name
+    admin = _token(cfg.admin_token, "admin_token", p)
+    if admin in tokens:
+        raise TunelabError(f"{p}: 'admin_token' is also an assessor's token; give the admin its own.")
+    return Project(cfg, p, tokens, admin)
+
+
+# ---------------------------------------------------------------- the pairs file
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha1(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _pair_items(row: dict, source: str) -> list[Item]:
+    """Items from one pairs row; raises RowError naming the field."""
+    from tunelab.data.read import RowError
+
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowError("prompt", f"expected non-empty text; the row has {sorted(row)}")
+    answers = row.get("answers")
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise RowError("answers", "expected a list of 2 or more {system, text} objects")
+    seen: set[str] = set()
+    for i, ans in enumerate(answers):
+        if not isinstance(ans, dict):
+            raise RowError(f"answers[{i}]", f"expected {{system, text}}, got {type(ans).__name__}")
+        for field in ("system", "text"):
+            if not isinstance(ans.get(field), str) or not ans[field].strip():
+                raise RowError(f"answers[{i}].{field}", "expected non-empty text")
+        if ans["system"] in seen:
+            raise RowError(f"answers[{i}].system", f"{ans['system']!r} appears twice in this row")
+        seen.add(ans["system"])
+    return [
+        Item(
+            _key(prompt, a["system"], a["text"], b["system"], b["text"]),
+            prompt,
+            a["system"],
+            a["text"],
+            b["system"],
+            b["text"],
+            None,
+            source,
+        )
+        for a, b in combinations(answers, 2)
+    ]
+
+
+def read_pairs(path: str | Path) -> list[Item]:
+    """Every pair of answers in a pairs JSONL; all problems reported at once (file:line: field)."""
+    from tunelab.data.read import RowError, records
+
+    items: list[Item] = []
+    problems: list[Problem] = []
+    n_ok = 0
+    for line, record in records(path):
+        if isinstance(record, Problem):
+            problems.append(record)
+            continue
+        try:
+            items += _pair_items(record, f"{path}:{line}")
+            n_ok += 1
+        except RowError as err:
+            problems.append(Problem(str(path), line, err.field, err.message))
+    if problems or not items:
+        problems = problems or [Problem(str(path), None, None, "has no rows")]
+        raise DataError(
+            problems, n_ok, hint="a row is {prompt, answers: [{system, text}, {system, text}, ...]}"
+        )
+    return _unique(items)
+
+
+def read_honeypots(path: str | Path) -> list[Item]:
+    """Gold items from preference rows: `chosen` is the answer an assessor should prefer."""
+    from tunelab.data.read import read_dataset
+
+    items = []
+    for i, row in enumerate(read_dataset(path, "preference"), 1):
+        if not all(isinstance(row[f], str) for f in ("prompt", "chosen", "rejected")):
+            raise DataError([Problem(str(path), i, "prompt", "honeypots are plain text, not chats")])
+        key = "h" + _key(row["prompt"], row["chosen"], row["rejected"])[1:]
+        items.append(
+            Item(
+                key,
+                row["prompt"],
+                "gold-chosen",
+                row["chosen"],
+                "gold-rejected",
+                row["rejected"],
+                "a",
+                f"{path}:{i}",
+            )
+        )
+    return _unique(items)
+
+
+def _unique(items: list[Item]) -> list[Item]:
+    first: dict[str, Item] = {}
+    for it in items:
+        if it.key in first:
+            raise DataError(
+                [
+                    Problem(
+                        it.source.rsplit(":", 1)[0],
+                        int(it.source.rsplit(":", 1)[1]),
+                        None,
+                        f"repeats the pair of {first[it.key].source}",
+                    )
+                ]
+            )
+        first[it.key] = it
+    return items
+
+
+def load_items(project: Project) -> list[Item]:
+    """The project's pairs, then its honeypots."""
+    items = read_pairs(project.resolve(project.cfg.pairs))
+    if project.cfg.honeypots:
+        items += read_honeypots(project.resolve(project.cfg.honeypots))
+    elif "honeypot_share" in project.cfg.model_fields_set and project.cfg.honeypot_share > 0:
+        raise TunelabError(
+            f"{project.path}: 'honeypot_share' is {project.cfg.honeypot_share} but no 'honeypots' file is set."
+        )
+    return items
