@@ -14,6 +14,7 @@ Accepted aliases are normalised: `input`/`output` and alpaca `instruction`/`inpu
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -217,8 +218,13 @@ def check_kind(kind: str) -> str:
 Record = tuple[int, "Row | Problem"]
 
 
+def _open(path: Path):
+    """Binary file object; `.gz` files (e.g. `part-00000.jsonl.gz` from `tunelab data clean`) are unzipped."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
 def _jsonl_records(path: Path) -> Iterator[Record]:
-    with path.open("rb") as f:
+    with _open(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -317,7 +323,7 @@ def _txt_records(path: Path) -> Iterator[Record]:
     """Plain text: documents separated by blank lines, streamed; the number is the document's first line."""
     lines: list[str] = []
     start = 1
-    with path.open("rb") as f:
+    with _open(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -375,7 +381,10 @@ def records(path: str | Path) -> Iterator[Record]:
         raise DataError([Problem(str(p), None, None, "is a folder, expected a data file")])
     if p.stat().st_size == 0:
         raise DataError([Problem(str(p), None, None, "is empty (0 bytes, no rows)")])
-    reader = READERS.get(p.suffix.lower(), _jsonl_records)  # unknown suffix: try one JSON object per line
+    suffix = Path(p.stem).suffix if p.suffix.lower() == ".gz" else p.suffix  # x.jsonl.gz reads as x.jsonl
+    if p.suffix.lower() == ".gz" and suffix.lower() not in (".jsonl", ".ndjson", ".txt", ".md"):
+        raise DataError([Problem(str(p), None, None, "is gzipped; only .jsonl.gz and .txt.gz can be read")])
+    reader = READERS.get(suffix.lower(), _jsonl_records)  # unknown suffix: try one JSON object per line
     yield from reader(p)
 
 

@@ -1,12 +1,17 @@
 """Pre-training: next-token loss on every token of raw text, cut into fixed-length blocks and streamed.
 
 tunelab pretrain configs/pretrain.yaml data.train=corpus/ train.max_steps=1000
+tunelab pretrain configs/pretrain.yaml data.train=tok/     # a `tunelab data tokenize` folder
+
+Raw text (JSONL `text`, .txt, a folder of them) is tokenised on the fly; a token folder is read as
+blocks straight from its memory-mapped tokens.bin (data/token_blocks.py), which is what scales.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.data.prep.tokenize import is_token_dir
 from tunelab.data.sources import TextBlocks, text_paths
 from tunelab.errors import TunelabError
 from tunelab.schema import PretrainConfig
@@ -25,6 +30,11 @@ def main(cfg: PretrainConfig) -> Path:
     model, tok = prepare_model(cfg)
     block = cfg.train.max_len
     holdout_every = round(1 / cfg.data.eval_split) if cfg.data.eval_split and not cfg.data.eval else 0
+    if is_token_dir(cfg.data.train):
+        blocks, eval_batches, report = token_data(cfg, tok, holdout_every)
+        return train(
+            model, tok, blocks, loss_fn, cfg, stage="pretrain", eval_batches=eval_batches, report=report
+        )
     blocks = TextBlocks(
         text_paths(cfg.data.train), tok, block, cfg.train.batch_size, cfg.seed, holdout_every=holdout_every
     )
@@ -57,3 +67,40 @@ def main(cfg: PretrainConfig) -> Path:
             f"{cfg.train.max_steps * cfg.train.grad_accum / blocks.micro_batches_per_epoch:.2f}"
         )
     return train(model, tok, blocks, loss_fn, cfg, stage="pretrain", eval_batches=eval_batches, report=report)
+
+
+def token_data(cfg: PretrainConfig, tok, holdout_every: int):
+    """(train blocks, eval batches, report lines) from a token folder; its tokenizer must be the model's."""
+    from tunelab.data.prep.tokenize import read_meta, tokenizer_fingerprint
+    from tunelab.data.token_blocks import TokenBlocks
+
+    meta = read_meta(cfg.data.train)
+    if meta["tokenizer_fingerprint"] != tokenizer_fingerprint(tok):
+        raise TunelabError(
+            f"{cfg.data.train} was tokenised with {meta['tokenizer']}, whose tokenizer is not "
+            f"{cfg.model.name}'s: run `tunelab data tokenize ... --model {cfg.model.name}` again."
+        )
+    block, batch = cfg.train.max_len, cfg.train.batch_size
+    blocks = TokenBlocks(cfg.data.train, block, batch, cfg.seed, holdout_every=holdout_every)
+    if len(blocks) == 0:
+        raise TunelabError(
+            f"{cfg.data.train} holds {meta['n_tokens']} tokens, fewer than a block of train.max_len={block}."
+        )
+    report = {
+        "block length": f"{block} tokens (consecutive blocks overlap by one token)",
+        "train tokens": f"{meta['n_tokens']:,} in {meta['n_docs']:,} documents (memory-mapped {cfg.data.train})",
+        "train blocks per epoch": len(blocks),
+    }
+    if cfg.data.eval and is_token_dir(cfg.data.eval):
+        held = TokenBlocks(cfg.data.eval, block, batch, max_blocks=64)
+    elif cfg.data.eval:
+        held = TextBlocks(text_paths(cfg.data.eval), tok, block, batch, max_blocks=64)
+    elif holdout_every:
+        held = TokenBlocks(
+            cfg.data.train, block, batch, holdout_every=holdout_every, split="eval", max_blocks=64
+        )
+    else:
+        return blocks, None, report
+    eval_batches = list(held.epoch(0))
+    report["eval blocks"] = sum(b.input_ids.shape[0] for b in eval_batches)
+    return blocks, eval_batches, report
