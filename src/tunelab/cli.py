@@ -235,14 +235,65 @@ def cmd_best_of_n(args: argparse.Namespace) -> int:
     return 0
 
 
+PREP_ACTIONS = ("clean", "dedup", "tokenize")
+
+
+def cmd_data_prep(args: argparse.Namespace) -> int:
+    """data clean|dedup|tokenize IN... --out DIR [key=value ...]: pre-training data, streamed."""
+    from pathlib import Path
+
+    from tunelab.config import load_config
+    from tunelab.console import table_console
+    from tunelab.data.prep.report import show
+    from tunelab.errors import TunelabError
+
+    overrides = [p for p in args.paths if "=" in p and not Path(p).exists()]
+    inputs = [p for p in args.paths if p not in overrides]
+    if not args.out:
+        raise TunelabError(f"data {args.action} writes its output to a folder: pass --out DIR.")
+    if not inputs:
+        raise TunelabError(f"data {args.action}: no input files or folders given.")
+    out, console = Path(args.out), table_console(stderr=True)
+    if any(Path(p).resolve() == out.resolve() for p in inputs):
+        raise TunelabError(f"--out {out} is also an input: write to another folder.")
+    workers = args.workers or min(os.cpu_count() or 1, 8)
+    common = {"workers": workers, "console": console}
+    if args.action == "tokenize":
+        if overrides or args.config:
+            raise TunelabError("data tokenize takes no settings besides --model and --workers.")
+        from tunelab.data.prep.tokenize import run_tokenize
+
+        _quiet_hf()
+        report = run_tokenize(inputs, out, args.model, **common)
+    else:
+        from tunelab.data.prep import config as prep_config
+
+        cls = prep_config.CleanConfig if args.action == "clean" else prep_config.DedupConfig
+        cfg = load_config(cls, args.config, overrides)
+        if args.action == "clean":
+            from tunelab.data.prep.clean import run_clean as run
+        else:
+            from tunelab.data.prep.dedup import run_dedup as run
+        report = run(inputs, out, cfg, compress=args.gzip, shard_mb=args.shard_mb, **common)
+    show(args.action, report, out, console)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action in PREP_ACTIONS:
+        return cmd_data_prep(args)
     from rich.console import Console
 
     from tunelab.data.check import build_report, print_report
     from tunelab.data.read import check_kind
     from tunelab.data.render import RenderOptions
+    from tunelab.errors import TunelabError
     from tunelab.models.load import load_tokenizer
 
+    if not args.kind:
+        raise TunelabError(
+            f"data {args.action} needs --kind (text | pairs | chat | preference | prompts | judgments)."
+        )
     check_kind(args.kind)
     cache: dict = {}
 
@@ -508,17 +559,36 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(bon, temperature=0.8)
     bon.set_defaults(func=cmd_best_of_n)
 
-    data = sub.add_parser("data", help="validate and inspect data: data check|stats PATH... --kind KIND")
-    data.add_argument(
-        "action", choices=["check", "stats"], help="check: every problem, then a summary; stats: summary only"
+    data = sub.add_parser(
+        "data",
+        help="validate, inspect and prepare data: data check|stats PATH... --kind KIND; "
+        "data clean|dedup|tokenize IN... --out DIR",
+        description="check: every problem, then a summary; stats: summary only. Pre-training data, "
+        "streamed: clean (Unicode repair, boilerplate, Gopher/C4 quality filters), dedup (exact + "
+        "MinHash near-duplicates), tokenize (tokens.bin for `tunelab pretrain data.train=DIR`). "
+        "clean and dedup take settings as key=value after the inputs (min_words=20 languages=[en], "
+        "threshold=0.7): see tunelab/data/prep/config.py.",
     )
-    data.add_argument("paths", nargs="+", metavar="PATH", help="JSONL / JSON / Parquet / CSV / text files")
-    data.add_argument("--kind", required=True, help="text | pairs | chat | preference | prompts | judgments")
+    data.add_argument("action", choices=["check", "stats", *PREP_ACTIONS], help="what to do")
+    data.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="JSONL (.jsonl.gz too) / JSON / Parquet / CSV / text files or folders; key=value settings",
+    )
+    data.add_argument("--kind", help="check|stats: text | pairs | chat | preference | prompts | judgments")
     data.add_argument(
         "--model",
         default="smollm2-135m",
-        help="tokenizer to count and render with ('none' = characters only)",
+        help="tokenizer to count and render with, or to tokenize with ('none' = characters only)",
     )
+    data.add_argument("--out", help="clean|dedup|tokenize: the output folder")
+    data.add_argument(
+        "--workers", type=int, help="clean|dedup|tokenize: processes (default: the CPUs, up to 8)"
+    )
+    data.add_argument("--gzip", action="store_true", help="clean|dedup: write .jsonl.gz shards")
+    data.add_argument("--shard-mb", type=float, default=256, help="clean|dedup: MB of text per shard (256)")
+    data.add_argument("--config", help="clean|dedup: a YAML file of settings (key=value after it wins)")
     data.add_argument("--max-len", type=int, default=1024, help="longest sequence in tokens (default 1024)")
     data.add_argument(
         "--overlong",
@@ -616,7 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `data clean IN --out DIR min_words=20`: settings after the options are still settings
+        if getattr(args, "command", None) == "data" and all(
+            "=" in e and not e.startswith("-") for e in extra
+        ):
+            args.paths += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
