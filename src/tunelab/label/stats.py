@@ -120,8 +120,13 @@ def krippendorff_alpha(units: list[list[str]]) -> float | None:
     return None if expected == 0 else 1 - observed / expected
 
 
-def agreement_with_others(item_votes: dict[str, dict[str, str]]) -> dict[str, tuple[float | None, int]]:
-    """assessor -> (mean kappa with each other assessor, weighted by shared items; shared items)."""
+def agreement_with_others(
+    item_votes: dict[str, dict[str, str]], ignore: set[str] | frozenset = frozenset()
+) -> dict[str, tuple[float | None, int]]:
+    """assessor -> (mean kappa with each other assessor, weighted by shared items; shared items).
+
+    Agreement with an assessor in `ignore` (already flagged for another reason) does not count for
+    the others: one careless assessor must not drag the careful ones below the threshold."""
     shared: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for by in item_votes.values():
         for a, b in combinations(sorted(by), 2):
@@ -130,7 +135,9 @@ def agreement_with_others(item_votes: dict[str, dict[str, str]]) -> dict[str, tu
     counts: Counter = Counter()
     for (a, b), pairs in shared.items():
         kappa = cohen_kappa([p[0] for p in pairs], [p[1] for p in pairs])
-        for who in (a, b):
+        for who, other in ((a, b), (b, a)):
+            if other in ignore:
+                continue
             counts[who] += len(pairs)
             if kappa is not None:
                 totals[who][0] += kappa * len(pairs)
@@ -199,7 +206,6 @@ def assessor_stats(
     labels: list[Label], item_votes: dict, th: Thresholds, idle_cap: float = 300.0
 ) -> list[dict]:
     """One row per assessor with every statistic and the reasons it is flagged (if any)."""
-    agree = agreement_with_others(item_votes)
     mine: dict[str, list[Label]] = defaultdict(list)
     for lb in labels:
         mine[lb.assessor].append(lb)
@@ -209,7 +215,6 @@ def assessor_stats(
         acc, n_gold = honeypot_accuracy(own)
         cons, n_rep = self_consistency(own)
         bias, n_picks = position_bias(own)
-        kappa, n_shared = agree.get(who, (None, 0))
         flags = []
         if acc is not None and n_gold >= th.min_evidence and acc < th.honeypot_accuracy:
             flags.append(f"honeypot accuracy {acc:.2f} < {th.honeypot_accuracy}")
@@ -217,8 +222,6 @@ def assessor_stats(
             flags.append(f"self-consistency {cons:.2f} < {th.self_consistency}")
         if bias is not None and n_picks >= th.min_evidence and max(bias, 1 - bias) > th.position_bias:
             flags.append(f"position bias {bias:.2f} outside [{1 - th.position_bias:.2f}, {th.position_bias}]")
-        if kappa is not None and n_shared >= th.min_evidence and kappa < th.agreement:
-            flags.append(f"agreement (kappa) {kappa:.2f} < {th.agreement}")
         rows.append(
             {
                 "assessor": who,
@@ -229,12 +232,19 @@ def assessor_stats(
                 "repeats": n_rep,
                 "position_bias": bias,
                 "side_picks": n_picks,
-                "agreement_kappa": kappa,
-                "shared_items": n_shared,
+                "agreement_kappa": None,
+                "shared_items": 0,
                 "labels_per_hour": labels_per_hour(own, idle_cap),
                 "flags": flags,
             }
         )
+    # second pass: agreement, not counting partners the first pass flagged
+    agree = agreement_with_others(item_votes, ignore={r["assessor"] for r in rows if r["flags"]})
+    for row in rows:
+        kappa, n_shared = agree.get(row["assessor"], (None, 0))
+        row["agreement_kappa"], row["shared_items"] = kappa, n_shared
+        if kappa is not None and n_shared >= th.min_evidence and kappa < th.agreement:
+            row["flags"].append(f"agreement (kappa) {kappa:.2f} < {th.agreement}")
     return rows
 
 
