@@ -198,7 +198,8 @@ def main(paths: list[str], out: str, *, rounds: int = 1000, seed: int = 0, prior
         )
     console.print(table)
     names = result["win_rate"]["systems"]
-    matrix = Table(title="win rate of row over column (ties = 1/2)")
+    console.print("win rate of row over column (ties count 1/2):")
+    matrix = Table()
     matrix.add_column("")
     for name in names:
         matrix.add_column(name, justify="right")
