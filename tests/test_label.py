@@ -621,3 +621,29 @@ def test_stats_without_a_database_says_so(tmp_path, cli):
     path = write_project(tmp_path, two_answer_pairs(2), ["ann"])
     code, _, err = cli("label", "stats", str(path))
     assert code == 2 and "does not exist yet" in err and "Traceback" not in err
+
+
+def test_pairs_sampled_from_two_models_are_written_once_and_queued(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in "abc")
+    )
+    sample = {
+        "prompts": "prompts.jsonl",
+        "systems": {"llama": "tiny:llama", "qwen": "tiny:qwen2"},
+        "max_new_tokens": 4,
+        "temperature": 0,
+    }
+    path = write_project(tmp_path, [], ["ann"], honeypot_share=0, repeat_share=0, sample=sample)
+    (tmp_path / "pairs.jsonl").unlink()  # write_project wrote an empty one: sampling fills it
+    project = load_project(path)
+    items = load_items(project)
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Say a.", "Say b.", "Say c."]
+    assert all(
+        [a["system"] for a in r["answers"]] == ["llama", "qwen"] and r["answers"][0]["text"] for r in rows
+    )
+    assert len(items) == 3 and {(it.system_a, it.system_b) for it in items} == {("llama", "qwen")}
+    stamp = (tmp_path / "pairs.jsonl").stat().st_mtime_ns
+    assert (
+        load_items(project) == items and (tmp_path / "pairs.jsonl").stat().st_mtime_ns == stamp
+    )  # not again

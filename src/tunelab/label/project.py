@@ -118,10 +118,23 @@ class ServerSection(Section):
     max_body_bytes: int = Field(16_384, ge=1024, description="larger request bodies are refused with 413")
 
 
+class SampleSection(Section):
+    prompts: str = Field(description="prompts file (kind prompts, text) that every system answers")
+    systems: dict[str, str] = Field(
+        min_length=2, description="system name -> model reference (smollm2-135m, a run's final/, an adapter)"
+    )
+    max_new_tokens: int = Field(128, ge=1, description="longest answer in tokens")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy; > 0 samples")
+    seed: int = Field(0, description="sampling seed")
+
+
 class ProjectConfig(Section):
     name: str = Field("labelling", description="shown on the page")
     pairs: str = Field(
         description="JSONL: {prompt, answers: [{system, text}, ...]} (2+ answers; every pair is compared)"
+    )
+    sample: SampleSection | None = Field(
+        None, description="sample the pairs from models into the `pairs` file when it does not exist yet"
     )
     honeypots: str | None = Field(
         None, description="JSONL of gold items {prompt, chosen, rejected}; chosen is the right answer"
@@ -377,7 +390,11 @@ def _unique(items: list[Item]) -> list[Item]:
 
 
 def load_items(project: Project) -> list[Item]:
-    """The project's pairs, then its honeypots."""
+    """The project's pairs (sampled from models first, if asked and not done yet), then its honeypots."""
+    if project.cfg.sample is not None:
+        from tunelab.label.sample import sample_pairs
+
+        sample_pairs(project)
     items = read_pairs(project.resolve(project.cfg.pairs))
     if project.cfg.honeypots:
         items += read_honeypots(project.resolve(project.cfg.honeypots))
