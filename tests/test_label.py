@@ -647,3 +647,28 @@ def test_pairs_sampled_from_two_models_are_written_once_and_queued(tmp_path):
     assert (
         load_items(project) == items and (tmp_path / "pairs.jsonl").stat().st_mtime_ns == stamp
     )  # not again
+
+
+def test_help_of_label_and_arena_renders(capsys):
+    import argparse
+
+    from tunelab.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "human preference labelling" in parser.format_help()  # a stray % in a help text breaks this
+    assert (
+        "--judgments" in sub.choices["label"].format_help()
+        and "--prior" in sub.choices["arena"].format_help()
+    )
+
+
+def test_serve_on_a_port_in_use_is_a_message(tmp_path, cli):
+    import socket
+
+    path = write_project(tmp_path, two_answer_pairs(2), ["ann"])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli("label", "serve", str(path), "--port", str(busy.getsockname()[1]))
+    assert code == 2 and "Cannot listen on 127.0.0.1" in err and "Traceback" not in err

@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=cmd_label)
 
     arena = sub.add_parser(
-        "arena", help="Bradley-Terry ratings of systems from pairwise judgments, with 95% intervals"
+        "arena", help="Bradley-Terry ratings of systems from pairwise judgments, with 95%% intervals"
     )
     arena.add_argument(
         "files", nargs="+", metavar="JUDGMENTS", help="JSONL of model_a, model_b, winner (FastChat battles)"

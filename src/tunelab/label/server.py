@@ -189,10 +189,21 @@ def create_app(project: Project, store: Store) -> FastAPI:
 
 def serve(project: Project, host: str, port: int) -> None:
     """Plan any new items, then answer until interrupted."""
+    import socket
+
     import uvicorn
 
+    from tunelab.errors import TunelabError
     from tunelab.label.project import load_items
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # fail before planning anything, with a message rather than uvicorn's log line
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as err:
+            raise TunelabError(
+                f"Cannot listen on {host}:{port} ({err.strerror}); pick another --port."
+            ) from None
     store = Store(project.db_path)
     added = store.sync(project, load_items(project))
     app = create_app(project, store)
