@@ -585,6 +585,7 @@ def test_stats_and_export_commands_and_the_export_trains_a_reward_model(tmp_path
     assert code == 0, err
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["flagged"] == ["dan"] and "position bias 1.00" in out
+    assert stats["krippendorff_alpha_unflagged"] == pytest.approx(1.0)  # ann and bob always agree
     by = {a["assessor"]: a for a in stats["assessors"]}
     assert by["ann"]["honeypot_accuracy"] == 1.0 and by["ann"]["self_consistency"] == 1.0
     assert by["ann"]["position_bias"] not in (0.0, 1.0)

@@ -29,6 +29,13 @@ def _num(value: float | None, n: int | None = None, fmt: str = ".2f") -> str:
     return f"{value:{fmt}}" + (f" ({n})" if n is not None else "")
 
 
+def _side(item: dict) -> str:
+    winner = item["majority"]
+    if winner in ("a", "b"):
+        return item["systems"][0 if winner == "a" else 1]
+    return {"tie": "tie", "both_bad": "both bad"}.get(winner, "none (split vote)")
+
+
 def serve(path: str, host: str | None, port: int | None) -> int:
     from tunelab.label.server import serve as run_server
 
@@ -77,11 +84,16 @@ def stats(path: str, json_out: str | None, worst: int) -> int:
     console.print(
         f"Krippendorff's alpha (nominal) over {len(multi)} item(s) with 2+ votes: {_num(alpha, fmt='.3f')}"
         + (f"; mean majority share {sum(it['agreement'] for it in multi) / len(multi):.2f}" if multi else "")
+        + (
+            f"; without flagged assessors {_num(report['krippendorff_alpha_unflagged'], fmt='.3f')}"
+            if report["flagged"]
+            else ""
+        )
     )
     for it in sorted(multi, key=lambda it: it["agreement"])[:worst]:
         console.print(
-            f"  lowest agreement: item {it['item']}: {it['agreement']:.2f} of {it['votes']} votes, "
-            f"majority {it['majority'] or 'none (split)'}"
+            f"  low agreement: {it['prompt'][:50]!r} ({' vs '.join(it['systems'])}): "
+            f"{it['agreement']:.2f} of {it['votes']} votes, majority {_side(it)}"
         )
     console.print(f"Prompts whose majority preferences form a cycle: {len(report['cyclic_prompts'])}")
     for p in report["cyclic_prompts"]:

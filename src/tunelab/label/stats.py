@@ -252,10 +252,21 @@ def summarize(labels: list[Label], th: Thresholds, idle_cap: float = 300.0) -> d
     """Everything `tunelab label stats` prints, as one JSON-ready dict."""
     regular = [lb for lb in labels if lb.gold is None]
     item_votes = votes(regular)
+    meta = {lb.item: lb for lb in regular}
     items = []
     for item, by in sorted(item_votes.items()):
         winner, top = majority(by)
-        items.append({"item": item, "votes": len(by), "majority": winner, "agreement": top})
+        lb = meta[item]
+        items.append(
+            {
+                "item": item,
+                "prompt": lb.prompt,
+                "systems": [lb.system_a, lb.system_b],  # majority "a" = the first
+                "votes": len(by),
+                "majority": winner,
+                "agreement": top,
+            }
+        )
     prompts = []
     for prompt, edges in sorted(preference_graphs(regular, item_votes).items()):
         on_cycle = cycle_edges(edges)
@@ -268,11 +279,14 @@ def summarize(labels: list[Label], th: Thresholds, idle_cap: float = 300.0) -> d
                 }
             )
     assessors = assessor_stats(labels, item_votes, th, idle_cap)
+    flagged = {a["assessor"] for a in assessors if a["flags"]}
+    kept = [[v for who, v in by.items() if who not in flagged] for by in item_votes.values()]
     return {
         "labels": len(labels),
         "assessors": assessors,
         "flagged": [a["assessor"] for a in assessors if a["flags"]],
         "krippendorff_alpha": krippendorff_alpha([list(by.values()) for by in item_votes.values()]),
+        "krippendorff_alpha_unflagged": krippendorff_alpha(kept),
         "items": items,
         "cyclic_prompts": prompts,
     }
