@@ -15,7 +15,8 @@ from helpers.label_server import ADMIN, running_server, token, two_answer_pairs,
 from tunelab.errors import TunelabError
 from tunelab.label.db import Store
 from tunelab.label.export import build_preferences, judgments, reliability
-from tunelab.label.project import Item, ProjectConfig, Thresholds, load_items, load_project
+from tunelab.label.pairs import Item, load_items
+from tunelab.label.project import ProjectConfig, Thresholds, load_project
 from tunelab.label.queue import plan_queues
 from tunelab.label.server import create_app
 from tunelab.label.stats import (

@@ -4,6 +4,7 @@
     tunelab label stats examples/label/project.yaml    # honeypots, consistency, position bias, agreement
     tunelab label export examples/label/project.yaml --out prefs.jsonl
 
-Modules: project (PROJECT.yaml and the pairs file), queue (who sees what, in which order), db (SQLite
-store), server (FastAPI app + static page), stats, export.
+Modules: project (PROJECT.yaml), pairs (the items; sample: answers sampled from models), queue (who
+sees what, in which order), db (SQLite store), server (FastAPI app + static page), stats, export,
+commands (what the command line prints).
 """

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunelab.label.project import Item, Project
+from tunelab.label.pairs import Item
+from tunelab.label.project import Project
 from tunelab.label.queue import Showing, plan_queues
 from tunelab.label.stats import Label
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from tunelab.label.project import Item, ProjectConfig
+from tunelab.label.pairs import Item
+from tunelab.label.project import ExportSection, ProjectConfig
 from tunelab.label.stats import (
     Label,
     cycle_edges,
@@ -40,17 +41,8 @@ def reliability(labels: list[Label]) -> float:
     return out
 
 
-def build_preferences(
-    labels: list[Label], items: dict[str, Item], cfg: ProjectConfig
-) -> tuple[list[dict], Counter]:
-    """Preference rows, and a count of what was left out and why."""
-    opts = cfg.export
-    dropped: Counter = Counter()
-    flagged = set(summarize(labels, cfg.thresholds)["flagged"])
-    per_assessor: dict[str, list[Label]] = defaultdict(list)
-    for lb in labels:
-        per_assessor[lb.assessor].append(lb)
-    weight_of = {who: reliability(own) for who, own in per_assessor.items()}
+def _usable(labels: list[Label], flagged: set[str], dropped: Counter) -> list[Label]:
+    """The labels that are votes: no honeypots, no repeats, no flagged assessors (each counted)."""
     usable = []
     for lb in labels:
         if lb.gold is not None:
@@ -61,29 +53,48 @@ def build_preferences(
             dropped["repeat labels (measure consistency only)"] += 1
         else:
             usable.append(lb)
+    return usable
 
-    decided = []  # (item, winner, weight, agreement, n votes)
-    for key, by in sorted(votes(usable).items()):
-        if len(by) < opts.min_votes:
-            dropped[f"fewer than {opts.min_votes} votes"] += 1
-            continue
-        rel = {who: weight_of[who] for who in by}
-        winner, agreement = majority(by, rel)
-        if winner is None:
-            dropped["split vote (no majority)"] += 1
-            continue
-        if winner in ("tie", "both_bad"):
-            dropped[f"majority {'tie' if winner == 'tie' else 'both bad'}"] += 1
-            continue
-        behind = [rel[w] for w, v in by.items() if v == winner]
-        weight = agreement * sum(behind) / len(behind)
-        if agreement < opts.min_agreement:
-            if opts.low_agreement == "drop":
-                dropped[f"agreement below {opts.min_agreement}"] += 1
-                continue
-            dropped[f"down-weighted: agreement below {opts.min_agreement} (kept)"] += 1
-            weight *= opts.downweight
-        decided.append([items[key], winner, weight, agreement, len(by)])
+
+def _decide(by: dict[str, str], rel: dict[str, float], opts: ExportSection, dropped: Counter):
+    """(winner, weight, agreement) of one item's votes, or None when it is dropped (and counted)."""
+    if len(by) < opts.min_votes:
+        dropped[f"fewer than {opts.min_votes} votes"] += 1
+        return None
+    winner, agreement = majority(by, rel)
+    if winner is None:
+        dropped["split vote (no majority)"] += 1
+        return None
+    if winner in ("tie", "both_bad"):
+        dropped[f"majority {'tie' if winner == 'tie' else 'both bad'}"] += 1
+        return None
+    behind = [rel[who] for who, v in by.items() if v == winner]
+    weight = agreement * sum(behind) / len(behind)
+    if agreement < opts.min_agreement:
+        if opts.low_agreement == "drop":
+            dropped[f"agreement below {opts.min_agreement}"] += 1
+            return None
+        dropped[f"down-weighted: agreement below {opts.min_agreement} (kept)"] += 1
+        weight *= opts.downweight
+    return winner, weight, agreement
+
+
+def build_preferences(
+    labels: list[Label], items: dict[str, Item], cfg: ProjectConfig
+) -> tuple[list[dict], Counter]:
+    """Preference rows, and a count of what was left out and why."""
+    opts = cfg.export
+    dropped: Counter = Counter()
+    per_assessor: dict[str, list[Label]] = defaultdict(list)
+    for lb in labels:
+        per_assessor[lb.assessor].append(lb)
+    reliable = {who: reliability(own) for who, own in per_assessor.items()}
+    flagged = set(summarize(labels, cfg.thresholds)["flagged"])
+    decided = []  # (item, winner, weight, agreement, votes)
+    for key, by in sorted(votes(_usable(labels, flagged, dropped)).items()):
+        outcome = _decide(by, {who: reliable[who] for who in by}, opts, dropped)
+        if outcome is not None:
+            decided.append((items[key], *outcome, len(by)))
 
     graphs: dict[str, set] = defaultdict(set)
     for item, winner, *_ in decided:
@@ -97,15 +108,15 @@ def build_preferences(
                 continue
             dropped["down-weighted: on a preference cycle (kept)"] += 1
             weight *= opts.downweight
-        a_wins = winner == "a"
+        chosen, rejected = ("a", "b") if winner == "a" else ("b", "a")
         rows.append(
             {
                 "prompt": item.prompt,
-                "chosen": item.text_a if a_wins else item.text_b,
-                "rejected": item.text_b if a_wins else item.text_a,
+                "chosen": getattr(item, f"text_{chosen}"),
+                "rejected": getattr(item, f"text_{rejected}"),
                 "weight": round(weight, 6),
-                "chosen_system": item.system_a if a_wins else item.system_b,
-                "rejected_system": item.system_b if a_wins else item.system_a,
+                "chosen_system": getattr(item, f"system_{chosen}"),
+                "rejected_system": getattr(item, f"system_{rejected}"),
                 "votes": n,
                 "agreement": round(agreement, 6),
             }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tunelab.label.project import Item
+from tunelab.label.pairs import Item
 
 
 @dataclass(eq=False)  # identity, not value: a repeat points at its own original showing

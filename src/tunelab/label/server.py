@@ -87,7 +87,10 @@ def _bearer(request: Request) -> str | None:
 
 
 def create_app(project: Project, store: Store) -> FastAPI:
-    """The app; `store` must already hold the project's queues (Store.sync)."""
+    """The app; `store` must already hold the project's queues (Store.sync).
+
+    Routes are small closures over `project` and `store`, so the whole API reads in one place (which
+    makes this function longer than usual)."""
     cfg = project.cfg
     app = FastAPI(title=f"tunelab label: {cfg.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, max_body=cfg.server.max_body_bytes)
@@ -194,7 +197,7 @@ def serve(project: Project, host: str, port: int) -> None:
     import uvicorn
 
     from tunelab.errors import TunelabError
-    from tunelab.label.project import load_items
+    from tunelab.label.pairs import load_items
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:  # fail before planning anything, with a message rather than uvicorn's log line
