@@ -407,6 +407,8 @@ def test_bad_input_is_a_4xx_with_a_message_never_a_500(api):
         ({**good, "assignment": -1}, 422, "assignment"),
         ({**good, "assignment": 2**70}, 422, "assignment"),
         ({**good, "assignment": "1; DROP TABLE labels"}, 422, "assignment"),
+        ({**good, "assignment": True}, 422, "assignment"),  # not read as showing 1
+        ({**good, "assignment": 1.5}, 422, "assignment"),
         ({**good, "reasons": {"honest": reasons["honest"]}}, 422, "one reason for each"),
         ({**good, "reasons": {**reasons, "helpful": "because"}}, 422, "not in the rule book"),
         ({**good, "reasons": {**reasons, "helpful": 3}}, 422, "reasons"),
@@ -426,6 +428,8 @@ def test_bad_input_is_a_4xx_with_a_message_never_a_500(api):
     assert r.status_code == 413 and "16384" in r.json()["detail"]
     r = client.post("/api/labels", headers=h, content=(b"x" * 4096 for _ in range(8)))  # chunked: no length
     assert r.status_code == 413
+    r = client.get("/api/next", headers={**auth("ann"), "content-length": "abc"})
+    assert r.status_code == 400 and "Content-Length" in r.json()["detail"]
     assert client.post("/api/labels", headers=h, json=good).status_code == 201
     assert client.post("/api/labels", headers=h, json=good).status_code == 409  # labelled already
     with sqlite3.connect(store.path) as db:

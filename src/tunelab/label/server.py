@@ -42,7 +42,9 @@ SECURITY_HEADERS = [
 
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    assignment: int = Field(ge=1, le=2**62, description="the showing being labelled (from /api/next)")
+    assignment: int = Field(
+        ge=1, le=2**62, strict=True, description="the showing being labelled (from /api/next)"
+    )
     choice: Literal["left", "right", "tie", "both_bad"]
     reasons: dict[str, str] = Field(description="criterion -> one of its reasons in the rule book")
 
@@ -63,7 +65,10 @@ class Guard:
             await send(message)
 
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+        if length is not None and not length.isdigit():
+            response = JSONResponse({"detail": "Content-Length is not a number"}, status_code=400)
+            return await response(scope, receive, send_with_headers)
+        if length is not None and int(length) > self.max_body:
             response = JSONResponse({"detail": f"request body over {self.max_body} bytes"}, status_code=413)
             return await response(scope, receive, send_with_headers)
         seen = 0
