@@ -386,7 +386,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from tunelab.console import table_console
     from tunelab.models.load import load_model
-    from tunelab.plan import estimate, machine_gflops, pretraining_data
+    from tunelab.plan import data_fit, data_tokens, estimate, machine_gflops, pretraining_data
 
     _quiet_hf()
     model, _ = load_model(args.model)
@@ -440,6 +440,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"compute-optimally (~20 tokens per parameter; twice the parameters want twice the data): "
         f"{_count(data['tokens'])} tokens, ~{data['disk_gb']:.3g} GB of text."
     )
+    if args.data:
+        tokens, how = data_tokens(args.data)
+        fit = data_fit(tokens, p.params)
+        advice = (
+            "enough for one compute-optimal pass"
+            if fit["coverage"] >= 1
+            else f"{fit['epochs_needed']:.1f} epochs to reach it"
+            + (
+                ""
+                if fit["epochs_needed"] <= 4
+                else " (beyond ~4 epochs, repeated data helps little: get more data or a smaller model)"
+            )
+        )
+        console.print(
+            f"data: {_count(tokens)} tokens ({how}) train ~{_count(fit['optimal_params'])} parameters "
+            f"compute-optimally; {args.model} ({_count(p.params)} parameters) wants {_count(fit['tokens_needed'])}: "
+            f"the data covers {fit['coverage']:.1%}, {advice}."
+        )
     return 0
 
 
@@ -644,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
     plan.add_argument(
         "--prompt-tokens", type=int, default=20, help="virtual tokens of prompt tuning (default 20)"
+    )
+    plan.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="token folders (tunelab data tokenize) or text files: which model size they train well",
     )
     plan.set_defaults(func=cmd_plan)
 

@@ -14,6 +14,11 @@ Memory, fp32 training with AdamW, no activation checkpointing:
 - runtime: Python, torch, the tokenizer and logging, a constant measured on this machine.
 The ladder prints the estimate next to each training rung's measured peak.
 
+Data: compute-optimal pre-training wants ~20 tokens per parameter (Chinchilla, Hoffmann et al. 2022),
+so `--data` (a `tunelab data tokenize` folder, or text files estimated at 4 bytes per token) says which
+model size the data trains well, and how much of the planned model's need it covers; repeating data
+for up to ~4 epochs is nearly as good as new data (Muennighoff et al. 2023), more helps little.
+
 Time: 2 x parameters x tokens FLOPs forward (+ attention), x 3 for full training (forward, input
 gradients, weight gradients), x ~2 for adapters (no weight gradients for the frozen base), divided by
 this machine's measured matmul speed and an efficiency factor.
@@ -153,3 +158,35 @@ def pretraining_data(params: int) -> dict:
     """Tokens and disk for compute-optimal pre-training of a model with `params` parameters."""
     tokens = TOKENS_PER_PARAM * params
     return {"tokens": tokens, "disk_gb": tokens * BYTES_PER_TOKEN_TEXT / 1e9}
+
+
+def data_tokens(paths: list[str]) -> tuple[int, str]:
+    """(tokens, how they were counted) in token folders (exact) or text files (bytes / 4)."""
+    from pathlib import Path
+
+    from tunelab.data.prep.tokenize import read_meta
+
+    counted = estimated = 0
+    for path in paths:
+        meta = read_meta(path)
+        if meta is not None:
+            counted += meta["n_tokens"]
+            continue
+        p = Path(path)
+        files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
+        estimated += sum(f.stat().st_size * (3 if f.suffix == ".gz" else 1) for f in files if f.exists())
+    tokens = counted + round(estimated / BYTES_PER_TOKEN_TEXT)
+    how = "counted" if not estimated else f"estimated at {BYTES_PER_TOKEN_TEXT:g} bytes of text per token"
+    return tokens, how
+
+
+def data_fit(tokens: int, params: int) -> dict:
+    """What `tokens` of data are worth: the model size they train compute-optimally, and the share of
+    a `params` model's compute-optimal data they cover (epochs needed to reach it)."""
+    need = TOKENS_PER_PARAM * params
+    return {
+        "optimal_params": tokens / TOKENS_PER_PARAM,
+        "tokens_needed": need,
+        "coverage": tokens / need,
+        "epochs_needed": need / max(tokens, 1),
+    }

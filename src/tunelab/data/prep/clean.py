@@ -32,6 +32,8 @@ from tunelab.data.prep.stream import (
 )
 
 PUNCT = string.punctuation + "…“”‘’«»—–·•"
+_NO_PUNCT = str.maketrans("", "", PUNCT)
+_LETTER = re.compile(r"[^\W\d_]")
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", "…", "。", "！", "？", ":", ";", ")")
 BULLETS = ("•", "-", "*", "·", "‣", "–")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
@@ -92,15 +94,16 @@ def normalise(text: str, cfg: CleanConfig) -> tuple[str, int]:
     text, removed = remove_boilerplate(text, [p.lower() for p in cfg.boilerplate], cfg.boilerplate_max_words)
     if removed and cfg.normalize_whitespace:
         text = _BLANKS.sub("\n\n", text).strip("\n")
-    return text.strip(), removed
+    return text.strip("\n"), removed  # leading spaces stay: they may be a code block's indentation
 
 
 # ---------------------------------------------------------------- what the filters look at
 
 
 def plain_words(text: str) -> list[str]:
-    """Words in lower case with punctuation stripped; words of only symbols are gone (also dedup's words)."""
-    return [w for w in (w.strip(PUNCT).lower() for w in text.split()) if w]
+    """Words in lower case without punctuation; words of only symbols are gone (also dedup's words).
+    One translate over the whole text: per-word strip and lower cost three times as much."""
+    return text.lower().translate(_NO_PUNCT).split()
 
 
 class DocView:
@@ -115,7 +118,7 @@ class DocView:
 
     @cached_property
     def plain_words(self) -> list[str]:  # lower case, punctuation stripped, pure-symbol words gone
-        return [w for w in (w.strip(PUNCT).lower() for w in self.words) if w]  # = plain_words(text)
+        return plain_words(self.text)
 
     @cached_property
     def lines(self) -> list[str]:
@@ -204,7 +207,8 @@ def _digits(d: DocView, c: CleanConfig) -> bool:
 def _alpha_words(d: DocView, c: CleanConfig) -> bool:
     if c.min_alpha_words is None:
         return False
-    alpha = sum(1 for w in d.words if any(ch.isalpha() for ch in w))
+    pure = sum(map(str.isalpha, d.words))  # most words are letters only: checked at C speed
+    alpha = pure + sum(1 for w in d.words if not w.isalpha() and _LETTER.search(w))
     return alpha / max(len(d.words), 1) < c.min_alpha_words
 
 
@@ -302,7 +306,7 @@ REASONS = ["empty", *(name for name, _ in FILTERS)]
 def clean_text(text: str, cfg: CleanConfig) -> tuple[str | None, str | None, int]:
     """(cleaned text or None, the reason it was dropped or None, boilerplate lines removed)."""
     text, removed = normalise(text, cfg)
-    if not text:
+    if not text.strip():
         return None, "empty", removed
     view = DocView(text)
     for name, dropped in FILTERS:

@@ -59,11 +59,12 @@ def is_token_dir(path: str | Path) -> bool:
 _TOK: dict = {}
 
 
-def _init(model: str) -> None:
-    if _TOK.get("model") != model:
-        from tunelab.models.load import load_tokenizer
+def _init(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    """Workers rebuild the fast tokenizer from its JSON with `tokenizers` alone: no transformers or
+    torch to import (seconds and ~300 MB per process), and the same ids as `tok(text)`."""
+    from tokenizers import Tokenizer
 
-        _TOK.update(model=model, tok=load_tokenizer(model))
+    _TOK.update(tok=Tokenizer.from_str(tokenizer_json), eos=eos_id, dtype=dtype)
 
 
 @dataclass
@@ -75,11 +76,10 @@ class Encoded:
 
 
 def tokenize_chunk(chunk: list[Doc]) -> Encoded:
-    tok = _TOK["tok"]
-    dtype = dtype_for(len(tok))
+    dtype = _TOK["dtype"]
     texts = [d.text for d in chunk if d.text.strip()]
-    ids = tok(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-    eos = np.array([tok.eos_token_id], dtype=dtype)
+    ids = [e.ids for e in _TOK["tok"].encode_batch(texts, add_special_tokens=False)] if texts else []
+    eos = np.array([_TOK["eos"]], dtype=dtype)
     parts = [part for doc in ids for part in (np.asarray(doc, dtype=dtype), eos)]
     tokens = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
     lengths = np.array([len(doc) + 1 for doc in ids], dtype=np.uint64)
@@ -97,7 +97,8 @@ def run_tokenize(inputs: list[str], out: Path, model: str, *, workers: int = 1, 
     tok = load_tokenizer(model)
     if tok.eos_token_id is None:
         raise TunelabError(f"{model}'s tokenizer has no EOS token to mark where documents end.")
-    _TOK.update(model=model, tok=tok)  # one worker runs here: no second load
+    if not getattr(tok, "is_fast", False):
+        raise TunelabError(f"{model}'s tokenizer is not a fast (Rust) tokenizer; data tokenize needs one.")
     dtype = dtype_for(len(tok))
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # unfinished until the new meta is written
@@ -107,7 +108,13 @@ def run_tokenize(inputs: list[str], out: Path, model: str, *, workers: int = 1, 
         (out / "docs.bin.tmp").open("wb") as docs_out,
         Meter("tokenize", input_bytes(files), console) as meter,
     ):
-        for part in bounded_map(tokenize_chunk, chunks(read_docs(files)), workers, _init, (model,)):
+        for part in bounded_map(
+            tokenize_chunk,
+            chunks(read_docs(files)),
+            workers,
+            _init,
+            (tok.backend_tokenizer.to_str(), tok.eos_token_id, dtype),
+        ):
             starts = np.uint64(n_tokens) + np.cumsum(part.lengths, dtype=np.uint64) - part.lengths
             starts.tofile(docs_out)
             part.tokens.tofile(tokens_out)
