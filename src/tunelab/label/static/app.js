@@ -131,6 +131,8 @@ async function login(candidate) {
   try {
     const me = await api("GET", "/api/me");
     sessionStorage.setItem("tunelab-token", token);
+    $("token").value = "";
+    $("token").blur(); // the keys label pairs from here on
     $("project").textContent = me.project;
     $("who").textContent = me.assessor;
     renderRulebook(me.rulebook);
