@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import filterfalse
 from pathlib import Path
 
 from tunelab.data.prep.config import CleanConfig
@@ -36,7 +37,10 @@ _NO_PUNCT = str.maketrans("", "", PUNCT)
 _LETTER = re.compile(r"[^\W\d_]")
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", "…", "。", "！", "？", ":", ";", ")")
 BULLETS = ("•", "-", "*", "·", "‣", "–")
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACE = r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]"
+# after a word (indentation is left alone): two or more spaces, or one that is not a plain space
+_INNER_SPACES = re.compile(rf"(?<=\S)(?:{_SPACE}{{2,}}|[^\S \n])")
+_TRAILING_SPACES = re.compile(rf"{_SPACE}+$", re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _BLANKS = re.compile(r"\n{3,}")
 
@@ -63,17 +67,21 @@ def normalise_whitespace(text: str) -> str:
     """One kind of line break, one space between words (indentation kept: code stays readable), no
     control or zero-width characters, no trailing spaces, at most one blank line in a row."""
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = []
-    for line in text.split("\n"):
-        body = line.lstrip(" \t")
-        indent = line[: len(line) - len(body)]
-        lines.append(indent + _SPACES.sub(" ", body).rstrip())
-    return _BLANKS.sub("\n\n", "\n".join(lines)).strip("\n")
+    # whole text at once, and only when a cheap test says the pattern can match (regex scans are the cost)
+    plain = text.isascii()
+    if not plain or "  " in text or "\t" in text:
+        text = _INNER_SPACES.sub(" ", text)
+    if not plain or " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+        text = _TRAILING_SPACES.sub("", text)
+    if "\n\n\n" in text:
+        text = _BLANKS.sub("\n\n", text)
+    return text.strip("\n")
 
 
 def remove_boilerplate(text: str, patterns: list[str], max_words: int) -> tuple[str, int]:
     """Drop short lines that are site furniture (C4: 'enable javascript', cookie notices...)."""
-    if not patterns:
+    low_text = text.lower()
+    if not any(p in low_text for p in patterns):  # most documents: one scan per pattern, no loop per line
         return text, 0
     kept, removed = [], 0
     for line in text.split("\n"):
@@ -133,14 +141,14 @@ def duplicate_ngram_share(words: list[str], n: int) -> float:
     """Share of word characters inside word n-grams that occur more than once (Gopher)."""
     if len(words) < n:
         return 0.0
-    first: dict[tuple[str, ...], int] = {}
+    grams = list(zip(*(words[i:] for i in range(n))))
+    counts = Counter(grams)
+    if len(counts) == len(grams):  # nothing repeats (most documents): decided at C speed
+        return 0.0
     covered = bytearray(len(words))
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i : i + n])
-        j = first.setdefault(gram, i)
-        if j != i:
+    for i, gram in enumerate(grams):
+        if counts[gram] > 1:
             covered[i : i + n] = b"\x01" * n
-            covered[j : j + n] = b"\x01" * n
     total = sum(map(len, words))
     return sum(len(w) for w, c in zip(words, covered) if c) / max(total, 1)
 
@@ -207,8 +215,8 @@ def _digits(d: DocView, c: CleanConfig) -> bool:
 def _alpha_words(d: DocView, c: CleanConfig) -> bool:
     if c.min_alpha_words is None:
         return False
-    pure = sum(map(str.isalpha, d.words))  # most words are letters only: checked at C speed
-    alpha = pure + sum(1 for w in d.words if not w.isalpha() and _LETTER.search(w))
+    mixed = list(filterfalse(str.isalpha, d.words))  # most words are letters only: found at C speed
+    alpha = len(d.words) - len(mixed) + sum(map(bool, map(_LETTER.search, mixed)))
     return alpha / max(len(d.words), 1) < c.min_alpha_words
 
 

@@ -78,7 +78,9 @@ class Encoded:
 def tokenize_chunk(chunk: list[Doc]) -> Encoded:
     dtype = _TOK["dtype"]
     texts = [d.text for d in chunk if d.text.strip()]
-    ids = [e.ids for e in _TOK["tok"].encode_batch(texts, add_special_tokens=False)] if texts else []
+    tok = _TOK["tok"]
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast: no offsets, ~40% quicker
+    ids = [e.ids for e in encode(texts, add_special_tokens=False)] if texts else []
     eos = np.array([_TOK["eos"]], dtype=dtype)
     parts = [part for doc in ids for part in (np.asarray(doc, dtype=dtype), eos)]
     tokens = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
