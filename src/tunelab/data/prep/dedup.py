@@ -20,6 +20,7 @@ duplicates) and report.json (counts, clusters with examples).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,34 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
             h = (h ^ col) * _FNV_PRIME  # uint64 arithmetic wraps around, as a hash should
         keys[:, b] = h
     return keys
+
+
+class Signatures:
+    """Rows of the signature scratch file, read with pread. A memory map would do, but every page it
+    touches (and the neighbours the kernel maps with it) counts as resident: the whole file, soon."""
+
+    def __init__(self, path: Path, num_perm: int):
+        self.file = path.open("rb")
+        self.row_bytes = 4 * num_perm
+        self.num_perm = num_perm
+
+    def __getitem__(self, index) -> np.ndarray:
+        """(num_perm,) for an int, (k, num_perm) for an array of document indices."""
+        if np.ndim(index) == 0:
+            return self._row(int(index))
+        return (
+            np.stack([self._row(int(i)) for i in index])
+            if len(index)
+            else np.empty((0, self.num_perm), np.uint32)
+        )
+
+    def _row(self, i: int) -> np.ndarray:
+        return np.frombuffer(
+            os.pread(self.file.fileno(), self.row_bytes, i * self.row_bytes), dtype=np.uint32
+        )
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
@@ -148,7 +177,7 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cluster(
-    exact: np.ndarray, sigs: np.ndarray, band_files: list[Path], cfg: DedupConfig, batch: int = 8192
+    exact: np.ndarray, sigs: Signatures, band_files: list[Path], cfg: DedupConfig, batch: int = 8192
 ) -> np.ndarray:
     """The root (earliest member) of every document's cluster; a document is kept when it is its own."""
     parent = np.arange(len(exact), dtype=np.int64)
@@ -193,13 +222,12 @@ def run_dedup(
         with Meter("dedup", 2 * input_bytes(files), console) as meter:
             n, chars = _sign_all(files, work, cfg, bands, rows, workers, meter)
             exact = np.fromfile(work / "exact.bin", dtype=np.uint64)
-            sigs = (
-                np.memmap(work / "sigs.bin", dtype=np.uint32, mode="r", shape=(n, cfg.num_perm))
-                if n
-                else np.empty((0, cfg.num_perm), dtype=np.uint32)  # a memory map cannot be empty
-            )
-            roots = cluster(exact, sigs, [work / f"band-{b}.bin" for b in range(bands)], cfg)
-            report = _write_kept(files, out, roots, exact, sigs, cfg, compress, shard_mb, meter)
+            sigs = Signatures(work / "sigs.bin", cfg.num_perm)
+            try:
+                roots = cluster(exact, sigs, [work / f"band-{b}.bin" for b in range(bands)], cfg)
+                report = _write_kept(files, out, roots, exact, sigs, cfg, compress, shard_mb, meter)
+            finally:
+                sigs.close()
             seconds = meter.seconds()
     finally:
         shutil.rmtree(work, ignore_errors=True)
