@@ -110,6 +110,13 @@ class ModelSection(Section):
         return {"name": value} if isinstance(value, str) else value  # `model: tiny:llama` is shorthand
 
 
+class DeepSpeedSection(Section):
+    zero_stage: Literal[2, 3] = Field(
+        2, description="ZeRO stage: 2 shards optimizer state and gradients, 3 also the weights"
+    )
+    offload: Literal["none", "cpu"] = Field("none", description="keep optimizer state in CPU memory")
+
+
 class StageConfig(Section):
     """Keys common to every training stage."""
 
@@ -127,7 +134,11 @@ class StageConfig(Section):
     out: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     resume: str = Field("auto", description="auto (newest complete checkpoint in out) | never | PATH")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
-        "none", description="multi-process engine"
+        "none",
+        description="multi-process engine under torchrun / accelerate launch (none = ddp when launched on several)",
+    )
+    deepspeed: DeepSpeedSection = Field(
+        default_factory=DeepSpeedSection, description="DeepSpeed options (distributed=deepspeed, GPUs)"
     )
     merge: bool = Field(
         False, description="also write the LoRA/DoRA adapter merged into the base model to merged/"

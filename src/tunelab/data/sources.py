@@ -2,10 +2,16 @@
 
 row_batches   rendered rows (SFT) padded per micro-batch, or packed several to a sequence
 TextBlocks   a text stream cut into fixed-length blocks (pre-training), never held in memory whole
+
+Under N processes `source.shard(dist)` gives each rank its share of every *global* micro-batch of
+N x batch_size units (rank 0 the first share, and so on): together the ranks see exactly the units one
+process with micro-batch N x batch_size would, none twice. An epoch's last global micro-batch with
+fewer units than processes is left out (every rank must take part in every step).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -18,6 +24,7 @@ from tunelab.data.batch import LMBatch, collate, pack
 from tunelab.data.read import RowError, normalise, records
 from tunelab.data.render import Tokenized, render_text
 from tunelab.errors import DataError, Problem
+from tunelab.train.dist import share
 
 
 class Shuffled:
@@ -46,21 +53,36 @@ class Shuffled:
             shuffle,
         )
         self.lengths = lengths
+        self.rank, self.world = 0, 1
         self.micro_batches_per_epoch = math.ceil(len(units) / batch_size)
 
+    def shard(self, dist) -> Shuffled:
+        """This rank's share of every global micro-batch (see the module docstring)."""
+        out = copy.copy(self)
+        out.rank, out.world = dist.rank, dist.world
+        out.micro_batches_per_epoch = len(out._batches(0))
+        return out
+
     def _batches(self, epoch: int) -> list[list[int]]:
+        """The micro-batches of `epoch` as unit indices (this rank's share of each)."""
+        batches = self._global_batches(epoch, self.batch_size * self.world)
+        if self.world == 1:
+            return batches
+        return [b[slice(*share(len(b), self.rank, self.world))] for b in batches if len(b) >= self.world]
+
+    def _global_batches(self, epoch: int, batch_size: int) -> list[list[int]]:
         order = list(range(len(self.units)))
         rng = random.Random(self.seed * 1_000_003 + epoch)
         if self.shuffle:
             rng.shuffle(order)
         if self.lengths is not None:
-            window = self.batch_size * 50
+            window = batch_size * 50
             order = [
                 i
                 for w in range(0, len(order), window)
                 for i in sorted(order[w : w + window], key=lambda i: -self.lengths[i])
             ]
-        batches = [order[first : first + self.batch_size] for first in range(0, len(order), self.batch_size)]
+        batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
         if self.lengths is not None and self.shuffle:
             rng.shuffle(batches)
         return batches
@@ -130,6 +152,15 @@ class TextBlocks:
             max_blocks,
         )
         self.micro_batches_per_epoch: int | None = None
+        self.n_blocks: int | None = None
+        self.rank, self.world = 0, 1
+
+    def shard(self, dist) -> TextBlocks:
+        """This rank's share of every global micro-batch of world x batch_size blocks."""
+        out = copy.copy(self)
+        out.rank, out.world = dist.rank, dist.world
+        out._count_batches()
+        return out
 
     def _documents(self) -> Iterator[list[int]]:
         index = 0
@@ -163,9 +194,16 @@ class TextBlocks:
 
     def count(self) -> int:
         """Blocks in one epoch (a full pass over the data; also validates every row)."""
-        n = sum(1 for _ in self._blocks())
-        self.micro_batches_per_epoch = math.ceil(n / self.batch_size) if n else 0
-        return n
+        self.n_blocks = sum(1 for _ in self._blocks())
+        self._count_batches()
+        return self.n_blocks
+
+    def _count_batches(self) -> None:
+        if self.n_blocks is None:
+            return
+        per_step = self.batch_size * self.world
+        full, rest = divmod(self.n_blocks, per_step)
+        self.micro_batches_per_epoch = full + (rest >= self.world)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
         """A stream cannot jump: the first `start` micro-batches are made again and skipped."""
@@ -174,12 +212,16 @@ class TextBlocks:
     def _epoch(self, epoch: int) -> Iterator[LMBatch]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         pool: list[list[int]] = []
-        batch: list[list[int]] = []
+        batch: list[list[int]] = []  # the global micro-batch being filled
+        per_step = self.batch_size * self.world
+
+        def mine(blocks: list[list[int]]) -> LMBatch:
+            return _block_batch(blocks[slice(*share(len(blocks), self.rank, self.world))])
 
         def emit(block):
             batch.append(block)
-            if len(batch) == self.batch_size:
-                out = _block_batch(batch)
+            if len(batch) == per_step:
+                out = mine(batch)
                 batch.clear()
                 return out
             return None
@@ -195,8 +237,8 @@ class TextBlocks:
             out = emit(block)
             if out is not None:
                 yield out
-        if batch:
-            yield _block_batch(batch)
+        if len(batch) >= self.world:
+            yield mine(batch)
 
 
 def text_paths(spec: str) -> list[str]:

@@ -13,9 +13,15 @@ from tunelab.data.batch import LMBatch
 from tunelab.data.render import IGNORE
 
 
+def inner(model):
+    """The model inside a DistributedDataParallel wrapper (forwards still go through the wrapper, which
+    syncs gradients; attributes such as `disable_adapter` live on the model inside)."""
+    return getattr(model, "module", model)
+
+
 def prompt_learning(model) -> tuple[bool, int]:
     """(is the active adapter prompt/prefix tuning, virtual tokens prepended to the sequence)."""
-    config = getattr(model, "active_peft_config", None)
+    config = getattr(inner(model), "active_peft_config", None)
     if config is None or not getattr(config, "is_prompt_learning", False):
         return False, 0
     shifted = config.peft_type.value == "PROMPT_TUNING"  # prefix tuning feeds keys/values, not positions

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from tunelab.errors import TunelabError
+from tunelab.models.forward import inner
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -33,15 +34,21 @@ def _seq_cls_model(model):
 
 
 def rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, T) ids and 0/1 mask -> (B,) scalar rewards."""
-    inner = _seq_cls_model(model)
-    body = getattr(inner, inner.base_model_prefix)  # LoRA layers, if any, live inside it
+    """(B, T) ids and 0/1 mask -> (B,) scalar rewards.
+
+    The forward goes through `model` itself (under DDP that is what syncs the gradients); its own
+    pooled logits are ignored, the score is read from the final hidden state at the last real token.
+    """
+    head = _seq_cls_model(inner(model))
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(
         min=0
     )  # (B, T) same for both padding sides
-    hidden = body(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-    ).last_hidden_state  # (B, T, H)
+    hidden = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+    ).hidden_states[-1]  # (B, T, H) after the final norm
     last = last_token_index(attention_mask)  # (B,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-    return inner.score(pooled).squeeze(-1).float()  # (B,)
+    return head.score(pooled).squeeze(-1).float()  # (B,)

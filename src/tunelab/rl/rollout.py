@@ -6,6 +6,10 @@ them, and hand the training loop a batch with everything the policy loss needs.
 
 The reward lands on each completion's last generated token (its EOS when it stopped), never on
 padding: padding after EOS is not a completion token at all.
+
+Under N processes (`source.shard(dist)`) each rank samples the completions of its share of a step's
+prompts: a prompt's whole group stays on one rank, so GRPO / RLOO baselines need no communication.
+The rewards of all ranks are gathered for the step's reward statistics.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.generation import cache_works, left_padded
 from tunelab.losses import policy as P
 from tunelab.models.forward import token_logprobs
+from tunelab.train.dist import SINGLE
 
 
 @dataclass
@@ -111,6 +116,21 @@ class RolloutSource:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | set(cfg.rollout.extra_eos_ids)
         self.first: dict[str, float] = {}
         self.alerts: list[dict] = []
+        self.dist = SINGLE
+
+    def shard(self, dist) -> RolloutSource:
+        """Each rank takes its share of every step's prompts (groups are never split between ranks)."""
+        if self.per_step % dist.world:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(
+                f"rl.prompts_per_step={self.per_step} must be a multiple of the {dist.world} processes "
+                "(each takes whole prompts with their groups)."
+            )
+        self.dist = dist
+        steps = len(self.rows) // self.per_step + (len(self.rows) % self.per_step >= dist.world)
+        self.micro_batches_per_epoch = steps * self.cfg.rl.ppo_epochs
+        return self
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[RolloutBatch]:
         order = list(range(len(self.rows)))
@@ -119,7 +139,11 @@ class RolloutSource:
         n_steps = math.ceil(len(order) / self.per_step)
         for step in range(start // ppo_epochs, n_steps):
             examples = [self.rows[i] for i in order[step * self.per_step : (step + 1) * self.per_step]]
-            batch = self.make_batch(examples, seed=self.cfg.seed * 1_000_003 + epoch * 100_003 + step)
+            if len(examples) < self.dist.world:  # a last, short step that cannot give every rank a prompt
+                break
+            examples = examples[slice(*self.dist.share(len(examples)))]
+            seed = self.cfg.seed * 1_000_003 + epoch * 100_003 + step + 7_777_777 * self.dist.rank
+            batch = self.make_batch(examples, seed=seed)
             for repeat in range(ppo_epochs):
                 if step * ppo_epochs + repeat >= start:
                     yield batch
@@ -148,6 +172,7 @@ class RolloutSource:
                 return_dict_in_generate=True,
                 output_logits=True,
                 use_cache=cache_works(self.policy),
+                synced_gpus=self.dist.sharded and self.dist.world > 1,  # FSDP: every rank runs every forward
             )
         sequences = out.sequences
         attention_mask, completion_mask, lengths, stopped = completion_layout(
@@ -193,9 +218,11 @@ class RolloutSource:
         adv, returns = self.advantages(rewards, seq, kl_tok, old_values)
         self.policy.train()
 
+        everyone = torch.tensor(self.dist.gather(rewards.tolist()))  # (N x ranks,) groups stay whole
         stats = {
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "reward": float(everyone.mean()),
+            "reward_std": float(everyone.std()) if len(everyone) > 1 else 0.0,
+            "scored": float(len(everyone)),
             **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
             "kl": float(P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean())
             if ref_logp is not None
@@ -203,7 +230,7 @@ class RolloutSource:
             "entropy": float(entropy.mean()),
             "completion_len": sum(lengths) / len(lengths),
             "stopped_share": sum(stopped) / len(stopped),
-            "zero_var_groups": P.zero_variance_share(rewards, G) if G > 1 else 0.0,
+            "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
             "time_generate_s": t_gen,
             "time_score_s": t_score,
         }
@@ -261,7 +288,7 @@ class RolloutSource:
         stats["alerts"] = sum(1 for _, fired, _ in checks if fired)
 
     def write_samples(self, examples: list[dict], completions: list[str], rewards: list[float]) -> None:
-        if self.samples_path is None:
+        if self.samples_path is None or not self.dist.is_main:  # rank 0's samples stand for the step
             return
         with self.samples_path.open("a") as f:
             for e, c, r in list(zip(examples, completions, rewards, strict=True))[

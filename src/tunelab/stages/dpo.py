@@ -22,7 +22,7 @@ from tunelab.data.render import Tokenized, render_chat, render_pair
 from tunelab.data.sources import Shuffled
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
-from tunelab.models.forward import sequence_logprobs
+from tunelab.models.forward import inner, sequence_logprobs
 from tunelab.schema import DPOConfig
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.loop import train
@@ -69,7 +69,7 @@ def make_loss_fn(cfg: DPOConfig, ref_model=None):
         with torch.no_grad():
             if ref_model is not None:
                 return sequence_logprobs(ref_model, batch.seqs)
-            with model.disable_adapter():
+            with inner(model).disable_adapter():
                 return sequence_logprobs(model, batch.seqs)
 
     def loss_fn(model, batch: DPOBatch) -> tuple[Tensor, dict]:

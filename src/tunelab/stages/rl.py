@@ -24,6 +24,7 @@ from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutBatch, RolloutSource
 from tunelab.schema import RLConfig
 from tunelab.stages.common import prepare_model, render_options
+from tunelab.train.dist import main_process
 from tunelab.train.loop import default_run_dir, train
 
 POLICY_LOSS = {"grpo": "ppo_clip", "rloo": "reinforce", "reinforce": "reinforce", "ppo": "ppo_clip"}
@@ -132,7 +133,8 @@ def main(cfg: RLConfig) -> Path:
         report=report,
         unit="completion tokens",
     )
-    _append_rl_report(run, source)
+    if main_process():
+        _append_rl_report(run, source)
     return run
 
 

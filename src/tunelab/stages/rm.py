@@ -23,6 +23,7 @@ from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import rewards
 from tunelab.schema import RMConfig
 from tunelab.stages.common import prepare_model, render_options, split_holdout
+from tunelab.train.dist import main_process
 from tunelab.train.loop import train
 
 
@@ -131,7 +132,9 @@ def main(cfg: RMConfig) -> Path:
         unit="pairs",
     )
     if eval_batches and (run / "final").exists():
-        calib = calibration(model, eval_batches, cfg.seed)
+        calib = calibration(model, eval_batches, cfg.seed)  # every rank: forwards are collective under FSDP
+        if not main_process():
+            return run
         (run / "calibration.json").write_text(json.dumps(calib, indent=1))
         plot_calibration(calib, run / "plots" / "calibration.png")
         rows_m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -3,11 +3,14 @@
     checkpoints/step-N/
       trainable.safetensors   # every parameter that trains (the adapter, or the whole model)
       optimizer.pt            # AdamW moments
+      sharded/                # instead of the two above under FSDP: torch.distributed.checkpoint files,
+                              #   one per rank, loadable onto another number of processes
       state.json              # step, data position, lr scale, guard, early-stopping state
-      rng.pt                  # torch, python and numpy RNG states
+      rng.pt, rng-R.pt        # torch, python and numpy RNG states of rank 0, of rank R
 
 Each is written into `step-N.tmp/` and renamed to `step-N/` only when complete; `latest()` never
-looks at `.tmp` folders.
+looks at `.tmp` folders. Under several processes every rank writes its part into the same folder (a
+file system they share), and rank 0 renames it once all have finished.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from tunelab.train.dist import SINGLE, Dist
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -50,29 +55,83 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save(folder: Path, model, optimizer, state: dict) -> Path:
-    """Write checkpoint `folder` atomically (temporary folder, then rename)."""
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
+
+
+def save(folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE) -> Path:
+    """Write checkpoint `folder` atomically (temporary folder, then rename). Every rank calls it."""
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
-        with open(f, "rb") as handle:
-            os.fsync(handle.fileno())
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    if dist.sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
+    elif dist.is_main:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / _rng_file(dist.rank))
+    dist.barrier()
+    if dist.is_main:
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        for f in tmp.rglob("*"):  # data on disk before the rename makes the folder visible
+            if f.is_file():
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    dist.barrier()
     return folder
 
 
-def load(folder: Path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG; return the loop state."""
+def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
+    """Trainable weights and optimizer state, in whichever format the checkpoint was written."""
+    if (folder / "sharded").is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = _sharded_state(model, optimizer)
+        dcp.load(state, checkpoint_id=str(folder / "sharded"))
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=_state_options(),
+        )
+        return
+    if dist.sharded and dist.world > 1:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(
+            f"{folder} was written without FSDP; resume it with the distributed mode it was written with."
+        )
     load_trainable(model, load_file(folder / "trainable.safetensors"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+
+
+def load(folder: Path, model, optimizer, dist: Dist = SINGLE) -> dict:
+    """Restore weights, optimizer and this rank's RNG; return the loop state."""
+    load_weights(folder, model, optimizer, dist)
+    rng = folder / _rng_file(dist.rank)
+    set_rng_state(torch.load(rng if rng.is_file() else folder / "rng.pt", weights_only=False))
     return json.loads((folder / "state.json").read_text())
+
+
+def _state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True)  # only what trains: the adapter, or everything
+
+
+def _sharded_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_state_options())
+    return {"model": model_state, "optim": optim_state}
 
 
 def all_steps(root: Path) -> list[tuple[int, Path]]:

@@ -11,13 +11,13 @@ Conventions a stage follows:
   skips exactly the micro-batches it had consumed.
 
 The loop owns the optimizer, schedule, clipping, the divergence guard, evaluation, early stopping,
-logging, checkpoints and the run folder. It runs through `accelerate`, so the same code runs on
-several processes.
+logging, checkpoints and the run folder. Under torchrun / accelerate launch it runs on several
+processes (train/dist.py): each rank takes its share of every global micro-batch (`batches.shard`),
+numbers are summed over ranks, and only rank 0 writes logs, plots and reports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import math
@@ -37,6 +37,8 @@ import torch
 from tunelab.config import dump_config
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
+from tunelab.train.dist import Dist
+from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
 from tunelab.train.log import MetricsLog, make_plots
 from tunelab.train.optim import build_optimizer, lr_at
@@ -47,6 +49,8 @@ class BatchSource(Protocol):
     micro_batches_per_epoch: int | None  # None when streaming and unknown
 
     def epoch(self, epoch: int, start: int = 0) -> Iterable[Any]: ...  # from the start-th micro-batch on
+
+    def shard(self, dist: Dist) -> BatchSource: ...  # this rank's share of every global micro-batch
 
 
 LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -155,7 +159,8 @@ def _peak_memory_mb() -> float:
 
 @torch.no_grad()
 def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
-    """Loss and metrics per unit over held-out batches."""
+    """Loss and metrics per unit over held-out batches (every rank evaluates all of them: the same
+    numbers everywhere, and the same forwards, which FSDP needs)."""
     was_training = model.training
     model.eval()
     total, units, sums = 0.0, 0, {}
@@ -170,10 +175,13 @@ def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     return {"eval_loss": total / units, **{f"eval_{k}": v / units for k, v in sums.items()}}
 
 
-def save_final(model, tok, folder: Path, cfg: StageConfig | None = None) -> Path:
+def save_final(
+    model, tok, folder: Path, cfg: StageConfig | None = None, state_dict: dict | None = None
+) -> Path:
     """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically.
 
     tunelab.json records how prompts were rendered in training, so generate / score render the same way.
+    `state_dict`: the weights to write when the model itself holds only a shard of them (FSDP).
     """
     import warnings
 
@@ -181,7 +189,7 @@ def save_final(model, tok, folder: Path, cfg: StageConfig | None = None) -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     with warnings.catch_warnings():  # peft looks the base name up on the hub to see if the vocabulary changed
         warnings.filterwarnings("ignore", message="Could not find a config file")
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     tok.save_pretrained(tmp)
     if cfg is not None:
         render = {
@@ -195,6 +203,14 @@ def save_final(model, tok, folder: Path, cfg: StageConfig | None = None) -> Path
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
+
+
+def save_final_everywhere(dist: Dist, model, tok, folder: Path, cfg: StageConfig | None = None) -> None:
+    """Every rank calls it (FSDP gathers the weights onto rank 0); rank 0 writes."""
+    state = dist.full_state(model)
+    if dist.is_main:
+        save_final(model, tok, folder, cfg, state_dict=state)
+    dist.barrier()
 
 
 def train(
@@ -215,20 +231,23 @@ def train(
     `evaluators` are called with the model every train.eval_every steps; the metrics they return
     (named eval_*) are logged and can drive early stopping like eval_loss.
     """
-    from accelerate import Accelerator
     from rich.console import Console
 
-    console = Console(stderr=True)
     tc = cfg.train
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / "checkpoints"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    dist = setup_dist(cfg)
+    console = Console(stderr=True, quiet=not dist.is_main)  # one voice: rank 0
+    if dist.world > 1:
+        if not hasattr(batches, "shard"):
+            raise TypeError(f"{type(batches).__name__} cannot be shared out between processes (no shard())")
+        batches = batches.shard(dist)
     torch.manual_seed(cfg.seed)
+    n_params = count_params(model)  # before FSDP leaves each rank a shard
 
-    optimizer = build_optimizer(model, tc)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    model, optimizer = dist.wrap(model, lambda m: build_optimizer(m, tc))
+    unwrapped = dist.unwrap(model)
     params = [p for p in unwrapped.parameters() if p.requires_grad]
     total = total_steps(cfg, batches)
     state = LoopState()
@@ -244,13 +263,11 @@ def train(
 
             raise TunelabError(f"resume={cfg.resume}: not a complete checkpoint folder (no state.json).")
     if resume_from is not None:
-        saved = ckpt.load(resume_from, unwrapped, optimizer)
+        saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
         state = LoopState(**saved)
         guard.load_state_dict(state.guard)
         console.print(f"resuming from {resume_from} (step {state.step} of {total})")
-    if (
-        resume_from is None and accelerator.is_main_process
-    ):  # a fresh start: nothing of an older run may mix in
+    if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
         for old in [
             "checkpoints",
             "final",
@@ -264,13 +281,14 @@ def train(
             target = run_dir / old
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
-    if accelerator.is_main_process:
+    if dist.is_main:
         (run_dir / "config.yaml").write_text(
             dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
-            f"global_batch: {tc.batch_size * tc.grad_accum * accelerator.num_processes}\n"
-            f"processes: {accelerator.num_processes}\n"
+            f"global_batch: {tc.batch_size * tc.grad_accum * dist.world}\n"
+            f"processes: {dist.world}\ndistributed_mode: {dist.mode}\n"
         )
-    log = MetricsLog(run_dir, resume_step=state.step)
+    dist.barrier()  # the old run's files are gone before any rank writes a checkpoint
+    log = MetricsLog(run_dir, resume_step=state.step) if dist.is_main else None
     source = _micro_batches(batches, state)
     model.train()
     fault_step = int(
@@ -279,8 +297,8 @@ def train(
 
     def save_checkpoint():
         state.guard = guard.state_dict()
-        if accelerator.is_main_process:
-            ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state))
+        ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state), dist)
+        if dist.is_main:
             ckpt.prune(ckpt_root, tc.keep_last)
 
     def roll_back():
@@ -288,8 +306,7 @@ def train(
         never applied) and only lower the lr: going back to step 0 would throw away all the training."""
         last = ckpt.latest(ckpt_root)
         if last is not None:
-            ckpt.load_trainable(unwrapped, ckpt.load_file(last / "trainable.safetensors"))
-            optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
+            ckpt.load_weights(last, unwrapped, optimizer, dist)
         state.lr_scale *= tc.guard.lr_factor
         guard.rollbacks += 1
         guard.bad_in_row = 0
@@ -314,25 +331,26 @@ def train(
         while state.step < total:
             t0 = time.perf_counter()
             micro = [next(source) for _ in range(tc.grad_accum)]
-            units = torch.tensor(float(sum(b.n_targets for b in micro)))
-            units = accelerator.reduce(units, reduction="sum") if accelerator.num_processes > 1 else units
+            (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
             lr = lr_at(state.step, total, tc) * state.lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_total, metric_sums = 0.0, {}
             for i, batch in enumerate(micro):
-                sync = i == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with dist.no_sync(model, sync=i == len(micro) - 1):
                     loss_sum, metrics = loss_fn(model, batch)
-                    # / units: the mean over the global batch; x processes: DDP averages gradients over ranks
-                    accelerator.backward(loss_sum * (accelerator.num_processes / max(float(units), 1.0)))
+                    # / units: the mean over the global batch; x processes: DDP and FSDP average over ranks
+                    dist.backward(loss_sum * (dist.world / max(units, 1.0)))
                 loss_total += float(loss_sum.detach())
                 for k, v in metrics.items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-            n_units = max(float(units), 1.0)
-            loss = loss_total / n_units  # (this process's share when distributed)
+            keys = sorted(metric_sums)
+            loss_total, *sums = dist.sum([loss_total, *(metric_sums[k] for k in keys)])
+            metric_sums = dict(zip(keys, sums))
+            n_units = max(units, 1.0)
+            loss = loss_total / n_units
             max_norm = tc.max_grad_norm if tc.max_grad_norm else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+            grad_norm = dist.clip_grad_norm(params, max_norm)
             reason = guard.check(loss, grad_norm)
             if reason is None:
                 optimizer.step()
@@ -357,7 +375,7 @@ def train(
                 "tokens": state.tokens,
                 "skipped": int(reason is not None),
                 **{k: v / n_units for k, v in metric_sums.items()},
-                **_batch_stats(micro),
+                **dist.mean_dict(_batch_stats(micro)),
                 "step_s": dt,
             }
             due_eval = bool(eval_batches or evaluators) and (
@@ -369,34 +387,36 @@ def train(
                 for evaluator in evaluators or []:  # e.g. the mean reward of sampled answers
                     row.update(evaluator(unwrapped))
                 model.train()
-                stopped_early = _early_stopping(row, state, cfg, unwrapped, tok, run_dir, console)
-            if accelerator.is_main_process and (
-                state.step % tc.log_every == 0 or due_eval or state.step == total
-            ):
+                stopped_early = _early_stopping(row, state, cfg, unwrapped, tok, run_dir, console, dist)
+            if dist.is_main and (state.step % tc.log_every == 0 or due_eval or state.step == total):
                 log.write(row)
             progress.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
             if tc.save_every and state.step % tc.save_every == 0 and state.step < total:
                 save_checkpoint()
             if fault_step and state.step == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
+            stop.requested = dist.any(stop.requested)  # a signal to one rank stops them all at this step
             if stop.requested or stopped_early:
                 break
     save_checkpoint()
-    log.close()
+    if log is not None:
+        log.close()
     if stop.requested and state.step < total:
         console.print(
             f"[bold]stopped at step {state.step}/{total}; checkpoint saved.[/bold] Resume with the same "
             f"command plus: out={run_dir} resume=auto"
         )
         return run_dir
-    if accelerator.is_main_process:
-        best = run_dir / "best"
-        if tc.early_stop.patience and best.is_dir():
+    best = run_dir / "best"
+    if tc.early_stop.patience and best.is_dir():
+        if dist.is_main:
             shutil.rmtree(run_dir / "final", ignore_errors=True)
             os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
-        else:
-            save_final(unwrapped, tok, run_dir / "final", cfg)
-        if cfg.merge and cfg.adapter in ("lora", "dora"):
+        dist.barrier()
+    else:
+        save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
+    if dist.is_main:
+        if cfg.merge and cfg.adapter in ("lora", "dora") and not dist.sharded:
             import copy
 
             save_final(
@@ -416,9 +436,10 @@ def train(
             "peak_memory_mb": _peak_memory_mb(),
             "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
         }
-        summary["trainable_params"], summary["total_params"] = count_params(unwrapped)
+        summary["trainable_params"], summary["total_params"] = n_params
+        summary["processes"], summary["distributed"] = dist.world, dist.mode
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # for scripts and the ladder
-        write_report(run_dir, cfg, unwrapped, summary, report or {})
+        write_report(run_dir, cfg, n_params, summary, report or {})
     console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
 
@@ -432,7 +453,7 @@ def _batch_stats(micro: list) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in seen.items()}
 
 
-def _early_stopping(row, state, cfg, model, tok, run_dir, console) -> bool:
+def _early_stopping(row, state, cfg, model, tok, run_dir, console, dist) -> bool:
     """Track the watched metric; save the best model; True when patience has run out."""
     es = cfg.train.early_stop
     value = row.get(es.metric)
@@ -441,7 +462,7 @@ def _early_stopping(row, state, cfg, model, tok, run_dir, console) -> bool:
     better = state.best is None or (value < state.best if es.mode == "min" else value > state.best)
     if better:
         state.best, state.best_step, state.evals_without_gain = value, state.step, 0
-        save_final(model, tok, run_dir / "best", cfg)
+        save_final_everywhere(dist, model, tok, run_dir / "best", cfg)
         return False
     state.evals_without_gain += 1
     if state.evals_without_gain >= es.patience:

@@ -25,10 +25,10 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KB"
 
 
-def write_report(run_dir: Path, cfg, model, summary: dict, data: dict) -> Path:
+def write_report(run_dir: Path, cfg, n_params: tuple[int, int], summary: dict, data: dict) -> Path:
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if isinstance(r.get("loss"), float)]
-    trainable, total = count_params(model)
+    trainable, total = n_params
     speeds = [r["tokens_per_s"] for r in train_rows[1:] if r.get("tokens_per_s")] or [
         r["tokens_per_s"] for r in train_rows
     ]
@@ -44,7 +44,8 @@ def write_report(run_dir: Path, cfg, model, summary: dict, data: dict) -> Path:
         f"- trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%)",
         f"- final/ on disk: {_mb(folder_size(final)) if final.exists() else 'n/a'}"
         + (f"; a checkpoint: {_mb(folder_size(checkpoints[-1][1]))}" if checkpoints else ""),
-        f"- peak memory: {summary['peak_memory_mb']:.0f} MB",
+        f"- processes: {summary.get('processes', 1)} ({summary.get('distributed', 'none')}); "
+        f"peak memory of rank 0: {summary['peak_memory_mb']:.0f} MB",
         f"- speed: {statistics.median(speeds):.0f} {summary.get('unit', 'target tokens')}/s (median over steps)"
         if speeds
         else "- speed: n/a",

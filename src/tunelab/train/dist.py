@@ -1,0 +1,210 @@
+"""One process or N: the few places where a run on several processes differs from a run on one.
+
+    torchrun --nproc_per_node 2 -m tunelab sft configs/sft.yaml distributed=ddp
+    accelerate launch --num_processes 8 -m tunelab sft configs/sft.yaml distributed=fsdp
+
+tunelab builds no distribution of its own. DDP and DeepSpeed come through `accelerate`; FSDP2 is
+torch's `fully_shard`, applied to each decoder layer and then to the whole model. Everything the loop
+needs to know is here: wrapping the model, syncing gradients only on a step's last micro-batch, sums
+over ranks, the gradient norm, and the full weights for `final/`. Checkpoints (sharded under FSDP)
+live in train/checkpoint.py and ask this object who writes what.
+
+Under several processes every rank holds the whole batch source and takes its own share of each
+global micro-batch (`source.shard(dist)`); the loss is divided by the target count of the global
+batch, so N processes x micro-batch b give the update of 1 process x micro-batch N*b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunelab.errors import TunelabError
+
+
+@dataclass
+class Dist:
+    """Who this process is among its peers; a single process is rank 0 of 1."""
+
+    mode: str = "none"  # none | ddp | fsdp | deepspeed (what actually runs)
+    rank: int = 0
+    world: int = 1
+    accelerator: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each rank holds a shard of every parameter; saving and loading are collective."""
+        return self.mode == "fsdp"
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64, so sums of many token counts stay exact)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t.tolist()
+
+    def mean_dict(self, values: dict[str, float]) -> dict[str, float]:
+        """Mean over ranks of numbers every rank has under the same keys."""
+        if self.world == 1 or not values:
+            return values
+        keys = sorted(values)
+        sums = self.sum([values[k] for k in keys])
+        return {k: s / self.world for k, s in zip(keys, sums)}
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on one (a stop request must stop all ranks together)."""
+        return bool(self.sum([float(flag)])[0]) if self.world > 1 else flag
+
+    def gather(self, items: list) -> list:
+        """Every rank's list, concatenated in rank order (small Python objects: rewards, texts)."""
+        if self.world == 1:
+            return list(items)
+        out: list[list] = [None] * self.world  # type: ignore[list-item]
+        torch.distributed.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
+    def share(self, n: int) -> tuple[int, int]:
+        return share(n, self.rank, self.world)
+
+    # --- the model -------------------------------------------------------------------------------
+
+    def wrap(self, model, build_optimizer):
+        """(model to train, optimizer). FSDP shards first, so the optimizer sees the sharded parameters."""
+        if self.sharded and self.world > 1:  # one process: nothing to shard (checkpoints keep the format)
+            shard_model(model)
+            return model, build_optimizer(model)
+        optimizer = build_optimizer(model)
+        return self.accelerator.prepare(model, optimizer)
+
+    def unwrap(self, model):
+        return model if self.sharded else self.accelerator.unwrap_model(model)
+
+    def no_sync(self, model, sync: bool):
+        """Gradients are reduced over ranks only on a step's last micro-batch."""
+        if sync or self.world == 1:
+            return contextlib.nullcontext()
+        if self.sharded:
+            return _fsdp_no_sync(model)
+        return self.accelerator.no_sync(model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def clip_grad_norm(self, params: list, max_norm: float) -> float:
+        """The global gradient norm (before clipping); under FSDP the shards' norms are combined."""
+        if not params:
+            return 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):  # a DTensor: this rank's view of a sharded reduction
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def full_state(self, model) -> dict | None:
+        """FSDP: the whole state dict, gathered onto rank 0 (None elsewhere). Otherwise None: the model
+        saves itself. Every rank must call it under FSDP (it is a collective)."""
+        if not self.sharded or self.world == 1:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.is_main else None
+
+
+SINGLE = Dist()
+
+
+def main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes files after training."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of rank's share of n consecutive units: the first ranks take one more when n does
+    not divide evenly."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def setup(cfg) -> Dist:
+    """The Accelerator and this process's place, from the launcher's environment and `distributed`."""
+    from accelerate import Accelerator
+
+    mode = cfg.distributed
+    cpu = not torch.cuda.is_available()
+    if mode == "deepspeed":
+        accelerator = Accelerator(deepspeed_plugin=_deepspeed_plugin(cfg, cpu))
+    else:
+        accelerator = Accelerator(cpu=cpu)
+    world = accelerator.num_processes
+    if mode == "none" and world > 1:
+        mode = "ddp"  # launched on several processes: the launcher asked for data parallelism
+    return Dist(mode=mode, rank=accelerator.process_index, world=world, accelerator=accelerator)
+
+
+def _deepspeed_plugin(cfg, cpu: bool):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise TunelabError(
+            "distributed=deepspeed needs DeepSpeed: pip install 'tunelab[deepspeed]' "
+            "(on a machine with GPUs; here use distributed=ddp or fsdp)."
+        )
+    if cpu:
+        raise TunelabError(
+            "distributed=deepspeed runs on GPUs; on CPU use distributed=ddp or fsdp (gloo backend)."
+        )
+    from accelerate.utils import DeepSpeedPlugin
+
+    tc = cfg.train
+    return DeepSpeedPlugin(
+        zero_stage=cfg.deepspeed.zero_stage,
+        gradient_accumulation_steps=tc.grad_accum,
+        gradient_clipping=tc.max_grad_norm or None,
+        offload_optimizer_device=cfg.deepspeed.offload,
+    )
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers model (its `_no_split_modules` classes)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise TunelabError(
+            f"distributed=fsdp: cannot find the decoder layers of {type(base).__name__} "
+            "(it lists no _no_split_modules)."
+        )
+    return layers
+
+
+def shard_model(model) -> None:
+    """FSDP2: each decoder layer is its own unit (gathered just before its forward, freed after), and
+    the rest (embeddings, final norm, head) is the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
