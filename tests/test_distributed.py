@@ -6,6 +6,7 @@ global batch and compares the loss curve and the final weights.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,12 +121,12 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_from_a_sharded_ch
     assert_same_run(tmp_path / "fsdp", resumed, tol=1e-6)
 
     # ... and onto one process: torch.distributed.checkpoint re-shards the state
-    import shutil
-
     one = tmp_path / "one_from_sharded"
-    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step-2", one / "checkpoints" / "step-2")
+    shutil.copytree(tmp_path / "fsdp", one)
+    shutil.rmtree(one / "checkpoints" / "step-4")
+    shutil.rmtree(one / "final")
     one_process(*args, "train.batch_size=8", "distributed=fsdp", f"out={one}", "resume=auto")
-    assert_same_run(tmp_path / "one", one, tol=1e-4)  # steps 1-2 restored, 3-4 trained here
+    assert_same_run(tmp_path / "one", one, tol=1e-4)  # steps 1-2 from 2 processes, 3-4 from one
 
 
 def test_grpo_on_two_processes_scores_every_group_whole(tmp_path):

@@ -120,7 +120,11 @@ class Dist:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if self.is_main else None
+        if not self.is_main:
+            return None
+        # tied weights (embeddings = head) come back as two tensors: keep the name the model owns
+        owned = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+        return {name: value for name, value in state.items() if name in owned}
 
 
 SINGLE = Dist()
