@@ -154,3 +154,36 @@ def test_grpo_on_two_processes_scores_every_group_whole(tmp_path):
         assert set(r1) == set(r2)  # the same statistics, reward per source, KL, entropy ...
         assert 0.0 <= r2["zero_var_groups"] <= 1.0
     assert "## RL" in (tmp_path / "two" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "rm", "dpo"])
+def test_every_stage_runs_unchanged_under_torchrun(tmp_path, stage):
+    if stage == "pretrain":
+        data = write_jsonl(
+            tmp_path / "text.jsonl",
+            [{"text": f"document {i}: the river runs past the hills"} for i in range(40)],
+        )
+        extra = ["train.max_len=16"]
+    else:
+        rows = [
+            {"prompt": f"What is {i} + {i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)}
+            for i in range(16)
+        ]
+        data = write_jsonl(tmp_path / "pref.jsonl", rows)
+        extra = ["adapter=lora", "data.eval_split=0"]
+    args = [
+        stage,
+        "model=tiny:llama",
+        f"data.train={data}",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        *extra,
+    ]
+    two_processes(*args, f"out={tmp_path / 'two'}")  # distributed=none under torchrun means DDP
+    run = tmp_path / "two"
+    assert (
+        "processes: 2" in (run / "config.yaml").read_text()
+        and "distributed_mode: ddp" in (run / "config.yaml").read_text()
+    )
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+    assert (run / "final").is_dir() and (run / "report.md").is_file()
