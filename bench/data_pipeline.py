@@ -185,15 +185,20 @@ def main() -> None:
 
     load_tokenizer(args.model)  # the embedded model converts once (~20 s): not part of any timing
     results = []
-    for mb in args.sizes:
-        root = Path(args.dir or tempfile.mkdtemp(prefix="tunelab-bench-")) / f"{mb:g}mb"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        try:
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
+    try:
+        for mb in args.sizes:
+            root = base / f"{mb:g}mb"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
             results.append(bench_size(mb, root, args.workers, args.model))
-        finally:
             if not args.keep:
-                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(
+                    root, ignore_errors=True
+                )  # before the next size: 1 GB of input is ~3.5 GB on disk
+    finally:
+        if not args.keep and not args.dir:  # the temporary folder, whatever happened
+            shutil.rmtree(base, ignore_errors=True)
     record = {
         "workload": f"generated JSONL text; clean -> dedup -> tokenize ({args.model}), {args.workers} worker processes per step",
         "machine": f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
