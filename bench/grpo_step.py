@@ -46,7 +46,7 @@ def main() -> None:
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][
             1:
         ]  # the first step warms up
-        peak = next(line for line in (run / "report.md").read_text().splitlines() if "peak memory" in line)
+        peak_mb = json.loads((run / "summary.json").read_text())["peak_memory_mb"]
     med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
     result = {
         "workload": "GRPO smollm2-135m LoRA r16 q/k/v/o, 2 prompts x 8 completions, <= 32 new tokens, fp32 CPU",
@@ -54,7 +54,7 @@ def main() -> None:
         "median_generate_s": med("time_generate_s"),
         "median_score_s": med("time_score_s"),
         "median_train_s": med("step_s") - med("time_generate_s") - med("time_score_s"),
-        "peak_memory": peak.split(":", 1)[1].strip(),
+        "peak_memory": f"{peak_mb:.0f} MB",
         "steps_measured": len(rows),
         "trl_reference": "TRL 1.16 GRPOTrainer, same setting, same kind of machine: median ~25 s/step, 4.4 GB",
     }

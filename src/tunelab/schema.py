@@ -224,6 +224,14 @@ class RolloutSection(Section):
         default_factory=list, description="stop strings (the completion text ends before them)"
     )
     extra_eos_ids: list[int] = Field(default_factory=list, description="more token ids that end a completion")
+    vllm_memory: float = Field(
+        0.3, gt=0, lt=1, description="vLLM: share of GPU memory for its weights and KV cache"
+    )
+    tis_cap: float | None = Field(
+        2.0,
+        gt=0,
+        description="vLLM: cap of the truncated importance weight pi_trainer / pi_vllm per token (null = off)",
+    )
 
 
 class AlertSection(Section):

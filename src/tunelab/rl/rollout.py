@@ -45,6 +45,7 @@ class RolloutBatch:
     old_values: Tensor | None  # (K,) PPO values at sampling time
     rewards: Tensor  # (N,) total reward per completion
     stats: dict = field(default_factory=dict)  # already averaged: logged as they are
+    is_weight: Tensor | None = None  # (K,) truncated importance weights pi_trainer / pi_vllm (vLLM rollouts)
 
     @property
     def n_targets(self) -> int:
@@ -106,9 +107,11 @@ class RolloutSource:
         value_head=None,
         samples_path: Path | None = None,
         opts: RenderOptions | None = None,
+        sampler=None,
     ):
         self.policy, self.tok, self.rows, self.reward, self.cfg = policy, tok, rows, reward, cfg
         self.ref, self.value_head, self.samples_path = ref, value_head, samples_path
+        self.sampler = sampler  # None: HF generate; else a vLLM sampler (rl/vllm_backend.py)
         self.opts = opts or RenderOptions()
         self.per_step = cfg.rl.prompts_per_step
         self.micro_batches_per_epoch = math.ceil(len(rows) / self.per_step) * cfg.rl.ppo_epochs
@@ -148,14 +151,11 @@ class RolloutSource:
                 if step * ppo_epochs + repeat >= start:
                     yield batch
 
-    @torch.no_grad()
-    def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
+    def generate_hf(self, examples: list[dict], seed: int):
+        """(sequences (N, P + C), prompt_mask (N, P), logits of each generated position (N, C, V))."""
         cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
-        t0 = time.perf_counter()
-        self.policy.eval()
         texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
         enc = left_padded(tok, texts)
-        prompt_len = enc["input_ids"].shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.policy.generate(
@@ -174,9 +174,29 @@ class RolloutSource:
                 use_cache=cache_works(self.policy),
                 synced_gpus=self.dist.sharded and self.dist.world > 1,  # FSDP: every rank runs every forward
             )
-        sequences = out.sequences
+        return out.sequences, enc["attention_mask"], torch.stack(out.logits, dim=1)
+
+    def generate_vllm(self, examples: list[dict], seed: int):
+        """(sequences (N, P + C), prompt_mask (N, P), vLLM's log-prob of each generated token (N, C))."""
+        from tunelab.rl.vllm_backend import layout
+
+        tok, G = self.tok, self.cfg.rl.group
+        prompts = [tok(prompt_text(tok, e["prompt"], self.opts))["input_ids"] for e in examples]
+        completions = self.sampler.sample(prompts, G, seed, self.policy)
+        return layout(prompts, completions, G, tok.pad_token_id)
+
+    @torch.no_grad()
+    def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
+        cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
+        t0 = time.perf_counter()
+        self.policy.eval()
+        if self.sampler is None:
+            sequences, prompt_mask, gen_out = self.generate_hf(examples, seed)
+        else:
+            sequences, prompt_mask, gen_out = self.generate_vllm(examples, seed)
+        prompt_len = prompt_mask.shape[1]
         attention_mask, completion_mask, lengths, stopped = completion_layout(
-            sequences, prompt_len, enc["attention_mask"], self.eos_ids, tok.pad_token_id
+            sequences, prompt_len, prompt_mask, self.eos_ids, tok.pad_token_id
         )
         completions = [
             tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
@@ -184,7 +204,6 @@ class RolloutSource:
         ]
         for stop in cfg.rollout.stop:  # the text ends where a stop string begins
             completions = [c.split(stop)[0] for c in completions]
-        gen_logits = torch.stack(out.logits, dim=1).float() / cfg.rollout.temperature  # (N, C, V)
         t_gen = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -193,14 +212,30 @@ class RolloutSource:
         rewards = torch.tensor(self.reward.total(parts), dtype=torch.float32)  # (N,)
         t_score = time.perf_counter() - t1
 
-        # the sampling distribution's log-probs come with generate (raw logits / temperature); the trainer
-        # recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
         seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
-        gen_tokens = sequences[:, prompt_len:][completion_mask[:, prompt_len:]]  # (K,)
-        gen_logp_all = torch.log_softmax(gen_logits[completion_mask[:, prompt_len:]], dim=-1)  # (K, V)
-        old_logp = gen_logp_all.gather(1, gen_tokens[:, None]).squeeze(1)  # (K,)
-        entropy = -(gen_logp_all.exp() * gen_logp_all).sum(dim=-1)  # (K,)
-        del gen_logp_all, gen_logits
+        generated = completion_mask[:, prompt_len:]  # (N, C)
+        is_weight, sampler_stats = None, {}
+        if self.sampler is None:
+            # the sampling distribution's log-probs come with generate (raw logits / temperature); the
+            # trainer recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
+            gen_tokens = sequences[:, prompt_len:][generated]  # (K,)
+            gen_logp_all = torch.log_softmax(
+                gen_out[generated].float() / cfg.rollout.temperature, dim=-1
+            )  # (K, V)
+            old_logp = gen_logp_all.gather(1, gen_tokens[:, None]).squeeze(1)  # (K,)
+            entropy = -(gen_logp_all.exp() * gen_logp_all).sum(dim=-1)  # (K,)
+            del gen_logp_all, gen_out
+        else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
+            from tunelab.rl.vllm_backend import truncated_is_weights
+
+            old_logp, entropy, _ = token_logprobs(
+                self.policy, sequences, attention_mask, completion_mask, cfg.rollout.temperature
+            )
+            sampler_logp = gen_out[generated]  # (K,)
+            sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
+            if cfg.rollout.tis_cap:
+                is_weight = truncated_is_weights(old_logp, sampler_logp, cfg.rollout.tis_cap)
+                sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
             _, _, old_values = token_logprobs(
@@ -233,6 +268,7 @@ class RolloutSource:
             "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
             "time_generate_s": t_gen,
             "time_score_s": t_score,
+            **sampler_stats,
         }
         self.watch(stats)
         self.write_samples(repeated, completions, rewards.tolist())
@@ -248,6 +284,7 @@ class RolloutSource:
             old_values,
             rewards,
             stats,
+            is_weight,
         )
 
     def advantages(self, rewards: Tensor, seq: Tensor, kl_tok: Tensor, values: Tensor | None):

@@ -44,6 +44,8 @@ def make_loss_fn(cfg: RLConfig, value_head=None):
             value_head,
         )  # (K,) each
         loss = policy_loss(logp, batch.old_logp, batch.adv, cfg.rl.clip)  # (K,)
+        if batch.is_weight is not None:  # vLLM sampled: truncated importance-sampling correction
+            loss = loss * batch.is_weight
         metrics = {
             "clip_frac": float(P.clip_fraction(logp.detach(), batch.old_logp, cfg.rl.clip).sum()),
             "logp_mismatch": float((logp.detach() - batch.old_logp).abs().sum()),
@@ -86,9 +88,9 @@ def main(cfg: RLConfig) -> Path:
     if cfg.adapter in ("prompt", "prefix"):
         raise TunelabError("rl trains with adapter=none, lora or dora.")
     if cfg.rollout.backend == "vllm":
-        raise TunelabError(
-            "rollout.backend=vllm needs a GPU and the vllm extra; use rollout.backend=hf here."
-        )
+        from tunelab.rl.vllm_backend import check_available
+
+        check_available(cfg)  # before any model loads
     rows = read_dataset(cfg.data.train, "prompts")
     reward = build_reward(cfg.reward)
     if cfg.algo in ("grpo", "rloo") and cfg.rl.group < 2:
@@ -116,6 +118,10 @@ def main(cfg: RLConfig) -> Path:
         samples_path=run_dir / "samples.jsonl",
         opts=render_options(cfg),
     )
+    if cfg.rollout.backend == "vllm":
+        from tunelab.rl.vllm_backend import VLLMSampler
+
+        source.sampler = VLLMSampler(cfg, tok, run_dir, source.eos_ids)
     report = {
         "prompts": len(rows),
         "reward": str(cfg.reward),
