@@ -25,13 +25,7 @@ import torch
 from tunelab.data.batch import LMBatch
 from tunelab.data.prep.tokenize import read_meta
 from tunelab.errors import TunelabError
-
-
-def _share(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of rank's share of n units; the first ranks take one more when n is uneven."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
+from tunelab.train.dist import share
 
 
 class TokenBlocks:
@@ -87,7 +81,7 @@ class TokenBlocks:
         per_step = self.batch_size * self.world
         for k in range(start, self.micro_batches_per_epoch):
             chunk = order[k * per_step : (k + 1) * per_step]
-            lo, hi = _share(len(chunk), self.rank, self.world)
+            lo, hi = share(len(chunk), self.rank, self.world)
             yield self.batch(chunk[lo:hi])
 
     def batch(self, block_ids: np.ndarray) -> LMBatch:
