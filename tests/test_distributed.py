@@ -74,6 +74,8 @@ def assert_same_run(a: Path, b: Path, tol: float):
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    loss_gap = max(abs(ra["loss"] - rb["loss"]) for ra, rb in zip(ma, mb))
+    print(f"\n{b.name} vs {a.name}: max loss difference {loss_gap:.2e}, max weight difference {worst:.2e}")
     assert worst < tol, worst
 
 

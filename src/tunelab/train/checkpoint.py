@@ -5,6 +5,7 @@
       optimizer.pt            # AdamW moments
       sharded/                # instead of the two above under FSDP: torch.distributed.checkpoint files,
                               #   one per rank, loadable onto another number of processes
+      deepspeed/              # instead, under DeepSpeed: accelerate's save_state (the engine's own files)
       state.json              # step, data position, lr scale, guard, early-stopping state
       rng.pt, rng-R.pt        # torch, python and numpy RNG states of rank 0, of rank R
 
@@ -70,6 +71,8 @@ def save(folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE) -> Pa
         import torch.distributed.checkpoint as dcp
 
         dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
+    elif dist.mode == "deepspeed":  # the engine writes its own partitioned states
+        dist.accelerator.save_state(str(tmp / "deepspeed"))
     elif dist.is_main:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -102,6 +105,9 @@ def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
             optim_state_dict=state["optim"],
             options=_state_options(),
         )
+        return
+    if (folder / "deepspeed").is_dir():
+        dist.accelerator.load_state(str(folder / "deepspeed"))
         return
     if dist.sharded and dist.world > 1:
         from tunelab.errors import TunelabError

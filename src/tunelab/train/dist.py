@@ -115,6 +115,9 @@ class Dist:
     def full_state(self, model) -> dict | None:
         """FSDP: the whole state dict, gathered onto rank 0 (None elsewhere). Otherwise None: the model
         saves itself. Every rank must call it under FSDP (it is a collective)."""
+        if self.mode == "deepspeed":  # ZeRO-3 holds shards: accelerate gathers them (a collective)
+            state = self.accelerator.get_state_dict(model)
+            return state if self.is_main else None
         if not self.sharded or self.world == 1:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
