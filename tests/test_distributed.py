@@ -189,3 +189,18 @@ def test_every_stage_runs_unchanged_under_torchrun(tmp_path, stage):
     )
     assert [r["step"] for r in metrics(run)] == [1, 2]
     assert (run / "final").is_dir() and (run / "report.md").is_file()
+
+
+def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest():
+    from tunelab.data.batch import LMBatch
+    from tunelab.rl.rollout import RolloutBatch
+    from tunelab.train.dist import to_device
+
+    ids = torch.ones(2, 3, dtype=torch.long)
+    lm = to_device(LMBatch(ids, ids.clone(), torch.ones_like(ids), None, 5), torch.device("meta"))
+    assert lm.input_ids.device.type == "meta" and lm.position_ids is None and lm.n_tokens == 5
+    k = torch.zeros(4)
+    roll = RolloutBatch(ids, ids, ids.bool(), k.long(), k, None, k, None, None, k[:2], {"reward": 0.5})
+    moved = to_device(roll, torch.device("meta"))
+    assert moved.old_logp.device.type == "meta" and moved.ref_logp is None and moved.stats == {"reward": 0.5}
+    assert moved.n_targets == 4 and roll.old_logp.device.type == "cpu"  # the source's batch is left as it was

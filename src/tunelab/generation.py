@@ -66,7 +66,7 @@ def complete(
     seed: int | None = 0,
 ) -> list[tuple[str, int, int]]:
     """(completion, prompt tokens, completion tokens) for already-rendered prompt texts, in one batch."""
-    enc = left_padded(tok, texts)
+    enc = left_padded(tok, texts).to(model.device)
     sampling = temperature > 0
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:

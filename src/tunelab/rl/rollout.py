@@ -155,7 +155,7 @@ class RolloutSource:
         """(sequences (N, P + C), prompt_mask (N, P), logits of each generated position (N, C, V))."""
         cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
         texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
-        enc = left_padded(tok, texts)
+        enc = left_padded(tok, texts).to(self.policy.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = self.policy.generate(
@@ -174,7 +174,8 @@ class RolloutSource:
                 use_cache=cache_works(self.policy),
                 synced_gpus=self.dist.sharded and self.dist.world > 1,  # FSDP: every rank runs every forward
             )
-        return out.sequences, enc["attention_mask"], torch.stack(out.logits, dim=1)
+        # the batch is assembled on the CPU; the loop moves it to the training device
+        return out.sequences.cpu(), enc["attention_mask"].cpu(), torch.stack(out.logits, dim=1).cpu()
 
     def generate_vllm(self, examples: list[dict], seed: int):
         """(sequences (N, P + C), prompt_mask (N, P), vLLM's log-prob of each generated token (N, C))."""
@@ -214,6 +215,8 @@ class RolloutSource:
 
         seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
         generated = completion_mask[:, prompt_len:]  # (N, C)
+        device = self.policy.device
+        on_device = [t.to(device) for t in (sequences, attention_mask, completion_mask)]  # for forwards
         is_weight, sampler_stats = None, {}
         if self.sampler is None:
             # the sampling distribution's log-probs come with generate (raw logits / temperature); the
@@ -228,9 +231,8 @@ class RolloutSource:
         else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
-            old_logp, entropy, _ = token_logprobs(
-                self.policy, sequences, attention_mask, completion_mask, cfg.rollout.temperature
-            )
+            logp, ent, _ = token_logprobs(self.policy, *on_device, cfg.rollout.temperature)
+            old_logp, entropy = logp.cpu(), ent.cpu()
             sampler_logp = gen_out[generated]  # (K,)
             sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
             if cfg.rollout.tis_cap:
@@ -238,17 +240,12 @@ class RolloutSource:
                 sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
-            _, _, old_values = token_logprobs(
-                self.policy,
-                sequences,
-                attention_mask,
-                completion_mask,
-                cfg.rollout.temperature,
-                self.value_head,
-            )
+            old_values = token_logprobs(
+                self.policy, *on_device, cfg.rollout.temperature, self.value_head
+            )[2].cpu()
         ref_logp = None
         if self.ref is not None:
-            ref_logp = self.ref(sequences, attention_mask, completion_mask)
+            ref_logp = self.ref(*on_device).cpu()
         kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
         adv, returns = self.advantages(rewards, seq, kl_tok, old_values)
         self.policy.train()

@@ -44,6 +44,10 @@ class Dist:
         """FSDP: each rank holds a shard of every parameter; saving and loading are collective."""
         return self.mode == "fsdp"
 
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
@@ -131,6 +135,24 @@ class Dist:
 
 
 SINGLE = Dist()
+
+
+def to_device(value, device: torch.device):
+    """A batch (a dataclass of tensors, lists, dicts and numbers) with every tensor on `device`."""
+    import dataclasses
+
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        moved = {
+            f.name: to_device(getattr(value, f.name), device) for f in dataclasses.fields(value) if f.init
+        }
+        return dataclasses.replace(value, **moved)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def main_process() -> bool:

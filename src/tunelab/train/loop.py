@@ -37,7 +37,7 @@ import torch
 from tunelab.config import dump_config
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
-from tunelab.train.dist import Dist
+from tunelab.train.dist import Dist, to_device
 from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
 from tunelab.train.log import MetricsLog, make_plots
@@ -289,6 +289,8 @@ def train(
         )
     dist.barrier()  # the old run's files are gone before any rank writes a checkpoint
     log = MetricsLog(run_dir, resume_step=state.step) if dist.is_main else None
+    if eval_batches and dist.device.type != "cpu":
+        eval_batches = [to_device(b, dist.device) for b in eval_batches]
     source = _micro_batches(batches, state)
     model.train()
     fault_step = int(
@@ -330,7 +332,7 @@ def train(
         task = progress.add_task(stage, total=total, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total:
             t0 = time.perf_counter()
-            micro = [next(source) for _ in range(tc.grad_accum)]
+            micro = [to_device(next(source), dist.device) for _ in range(tc.grad_accum)]
             (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
             lr = lr_at(state.step, total, tc) * state.lr_scale
             for group in optimizer.param_groups:
