@@ -67,7 +67,8 @@ class RewardScorer:
             for i, s in enumerate(seqs):
                 ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
                 mask[i, : len(s)] = 1
-            out += rewards(self.model, ids, mask).tolist()
+            device = self.model.device
+            out += rewards(self.model, ids.to(device), mask.to(device)).tolist()
         return out
 
 

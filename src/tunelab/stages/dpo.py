@@ -68,6 +68,7 @@ def make_loss_fn(cfg: DPOConfig, ref_model=None):
     def ref_logps(model, batch: DPOBatch) -> Tensor:
         with torch.no_grad():
             if ref_model is not None:
+                ref_model.to(batch.seqs.input_ids.device)  # follows the batch onto its device (no-op once there)
                 return sequence_logprobs(ref_model, batch.seqs)
             with inner(model).disable_adapter():
                 return sequence_logprobs(model, batch.seqs)

@@ -75,6 +75,7 @@ def reference(model, cfg: RLConfig):
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
     def frozen_logp(input_ids, attention_mask, completion_mask):
+        frozen.to(input_ids.device)  # follows the policy onto its device (a no-op once there)
         return token_logprobs(frozen, input_ids, attention_mask, completion_mask, cfg.rollout.temperature)[0]
 
     return frozen_logp
