@@ -1,7 +1,7 @@
 """One process or N: the few places where a run on several processes differs from a run on one.
 
     torchrun --nproc_per_node 2 -m tunelab sft configs/sft.yaml distributed=ddp
-    accelerate launch --num_processes 8 -m tunelab sft configs/sft.yaml distributed=fsdp
+    accelerate launch --multi_gpu --num_processes 8 -m tunelab sft configs/sft.yaml distributed=fsdp
 
 tunelab builds no distribution of its own. DDP and DeepSpeed come through `accelerate`; FSDP2 is
 torch's `fully_shard`, applied to each decoder layer and then to the whole model. Everything the loop
