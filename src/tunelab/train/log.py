@@ -7,6 +7,14 @@ import math
 from pathlib import Path
 
 
+def _row(line: str) -> dict | None:
+    """A logged row, or None for a blank line or the half line a run killed mid-write leaves behind."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
@@ -14,7 +22,7 @@ class MetricsLog:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
+                if (row := _row(line)) is not None and row["step"] <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
