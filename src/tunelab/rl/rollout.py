@@ -119,7 +119,28 @@ class RolloutSource:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | set(cfg.rollout.extra_eos_ids)
         self.first: dict[str, float] = {}
         self.alerts: list[dict] = []
+        self.samples_written = 0
+        self.buffer: tuple[tuple[int, int], RolloutBatch] | None = None  # (epoch, step), its rollout
         self.dist = SINGLE
+
+    def state_dict(self) -> dict:
+        """What an exact resume needs besides the data position, which the loop keeps: the alerts' baseline
+        and record, how much of samples.jsonl belongs to the checkpoint, and (rl.ppo_epochs > 1) the
+        rollout being reused, which cannot be sampled again: the policy has moved since."""
+        return {
+            "first": self.first,
+            "alerts": self.alerts,
+            "samples_written": self.samples_written,
+            "buffer": self.buffer,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self.alerts, self.buffer = state["first"], state["alerts"], state["buffer"]
+        self.samples_written = state["samples_written"]
+        if self.samples_path is not None and self.dist.is_main and self.samples_path.exists():
+            # bytes split at b"\n": a completion may hold U+2028, which str.splitlines() would split at
+            kept = self.samples_path.read_bytes().split(b"\n")[: self.samples_written]
+            self.samples_path.write_bytes(b"".join(line + b"\n" for line in kept))  # later steps' go
 
     def shard(self, dist) -> RolloutSource:
         """Each rank takes its share of every step's prompts (groups are never split between ranks)."""
@@ -146,7 +167,11 @@ class RolloutSource:
                 break
             examples = examples[slice(*self.dist.share(len(examples)))]
             seed = self.cfg.seed * 1_000_003 + epoch * 100_003 + step + 7_777_777 * self.dist.rank
-            batch = self.make_batch(examples, seed=seed)
+            if self.buffer is not None and self.buffer[0] == (epoch, step):
+                batch = self.buffer[1]  # resumed between two updates on this rollout
+            else:
+                batch = self.make_batch(examples, seed=seed)
+            self.buffer = ((epoch, step), batch) if ppo_epochs > 1 else None
             for repeat in range(ppo_epochs):
                 if step * ppo_epochs + repeat >= start:
                     yield batch
@@ -240,9 +265,9 @@ class RolloutSource:
                 sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
-            old_values = token_logprobs(
-                self.policy, *on_device, cfg.rollout.temperature, self.value_head
-            )[2].cpu()
+            old_values = token_logprobs(self.policy, *on_device, cfg.rollout.temperature, self.value_head)[
+                2
+            ].cpu()
         ref_logp = None
         if self.ref is not None:
             ref_logp = self.ref(*on_device).cpu()
@@ -325,9 +350,9 @@ class RolloutSource:
         if self.samples_path is None or not self.dist.is_main:  # rank 0's samples stand for the step
             return
         with self.samples_path.open("a") as f:
-            for e, c, r in list(zip(examples, completions, rewards, strict=True))[
-                : self.cfg.rl.samples_per_step
-            ]:
+            kept = list(zip(examples, completions, rewards, strict=True))[: self.cfg.rl.samples_per_step]
+            self.samples_written += len(kept)
+            for e, c, r in kept:
                 f.write(
                     json.dumps(
                         {

@@ -8,6 +8,7 @@
       deepspeed/              # instead, under DeepSpeed: accelerate's save_state (the engine's own files)
       state.json              # step, data position, lr scale, guard, early-stopping state
       rng.pt, rng-R.pt        # torch, python and numpy RNG states of rank 0, of rank R
+      source.pt, source-R.pt  # the batch source's own state, when it has one (RL: alert baseline, buffer)
 
 Each is written into `step-N.tmp/` and renamed to `step-N/` only when complete; `latest()` never
 looks at `.tmp` folders. Under several processes every rank writes its part into the same folder (a
@@ -60,8 +61,11 @@ def _rng_file(rank: int) -> str:
     return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
 
 
-def save(folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE) -> Path:
-    """Write checkpoint `folder` atomically (temporary folder, then rename). Every rank calls it."""
+def save(
+    folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE, extra: dict[str, object] | None = None
+) -> Path:
+    """Write checkpoint `folder` atomically (temporary folder, then rename). Every rank calls it;
+    `extra` maps file names to objects this rank writes with torch.save."""
     tmp = folder.with_name(folder.name + ".tmp")
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,6 +81,8 @@ def save(folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE) -> Pa
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / _rng_file(dist.rank))
+    for name, obj in (extra or {}).items():
+        torch.save(obj, tmp / name)
     dist.barrier()
     if dist.is_main:
         (tmp / "state.json").write_text(json.dumps(state, indent=1))

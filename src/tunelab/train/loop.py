@@ -52,6 +52,10 @@ class BatchSource(Protocol):
 
     def shard(self, dist: Dist) -> BatchSource: ...  # this rank's share of every global micro-batch
 
+    # optional, for sources with state beyond the data position (RL): saved with each checkpoint
+    # def state_dict(self) -> dict: ...
+    # def load_state_dict(self, state: dict) -> None: ...
+
 
 LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -262,10 +266,13 @@ def train(
             from tunelab.errors import TunelabError
 
             raise TunelabError(f"resume={cfg.resume}: not a complete checkpoint folder (no state.json).")
+    source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
         saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
         state = LoopState(**saved)
         guard.load_state_dict(state.guard)
+        if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
+            batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
         console.print(f"resuming from {resume_from} (step {state.step} of {total})")
     if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
         for old in [
@@ -276,6 +283,7 @@ def train(
             "plots",
             "metrics.jsonl",
             "report.md",
+            "samples.jsonl",
             *[p.name for p in run_dir.glob("events.*")],
         ]:
             target = run_dir / old
@@ -299,7 +307,8 @@ def train(
 
     def save_checkpoint():
         state.guard = guard.state_dict()
-        ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state), dist)
+        extra = {source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
+        ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state), dist, extra)
         if dist.is_main:
             ckpt.prune(ckpt_root, tc.keep_last)
 
