@@ -45,3 +45,25 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on one thread: with two, OpenMP threads spin-wait for each other, and on a busy
+    2-core machine a step took 10-30x longer (measured: 8 tiny steps 0.5 s on one thread, 5-35 s on two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def zygote():
+    """Forks `tunelab` runs as real processes that start at once, on one thread (helpers/zygote.py)."""
+    from helpers.zygote import Zygote
+
+    warm = Zygote()
+    yield warm
+    warm.close()
