@@ -93,23 +93,42 @@ def sft_args(tmp_path, adapter, lr):
     ]
 
 
-@pytest.mark.parametrize("adapter, lr", [("lora", 5e-3), ("none", 3e-3)])
-def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, adapter, lr):
-    args = sft_args(tmp_path, adapter, lr)
-    one_process(*args, "train.batch_size=8", f"out={tmp_path / 'one'}")
+LR = {"lora": 5e-3, "none": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    """adapter -> (sft args, the 1-process x micro-batch 8 run), made once for the tests below."""
+    made = {}
+
+    def get(adapter):
+        if adapter not in made:
+            folder = tmp_path_factory.mktemp(f"one-{adapter}")
+            args = sft_args(folder, adapter, LR[adapter])
+            one_process(*args, "train.batch_size=8", f"out={folder / 'one'}")
+            made[adapter] = (args, folder / "one")
+        return made[adapter]
+
+    return get
+
+
+@pytest.mark.parametrize("adapter", ["lora", "none"])
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, adapter, one_process_runs):
+    args, one = one_process_runs(adapter)
     two_processes(*args, "train.batch_size=4", "distributed=ddp", f"out={tmp_path / 'two'}")
-    assert_same_run(tmp_path / "one", tmp_path / "two", tol=1e-5)
+    assert_same_run(one, tmp_path / "two", tol=1e-5)
     config = (tmp_path / "two" / "config.yaml").read_text()
     assert "processes: 2" in config and "global_batch: 8" in config
     assert len(list((tmp_path / "two").glob("events.*"))) == 1  # only rank 0 logs
     assert (tmp_path / "two" / "checkpoints" / "step-4" / "rng-1.pt").is_file()  # each rank's RNG
 
 
-def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path):
-    args = sft_args(tmp_path, "none", 3e-3)
-    one_process(*args, "train.batch_size=8", f"out={tmp_path / 'one'}")
+def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_from_a_sharded_checkpoint(
+    tmp_path, one_process_runs
+):
+    args, first = one_process_runs("none")
     two_processes(*args, "train.batch_size=4", "distributed=fsdp", f"out={tmp_path / 'fsdp'}")
-    assert_same_run(tmp_path / "one", tmp_path / "fsdp", tol=1e-4)
+    assert_same_run(first, tmp_path / "fsdp", tol=1e-4)
     step2 = tmp_path / "fsdp" / "checkpoints" / "step-2"
     assert (step2 / "sharded").is_dir() and not (step2 / "trainable.safetensors").exists()
 
@@ -128,7 +147,7 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_from_a_sharded_ch
     shutil.rmtree(one / "checkpoints" / "step-4")
     shutil.rmtree(one / "final")
     one_process(*args, "train.batch_size=8", "distributed=fsdp", f"out={one}", "resume=auto")
-    assert_same_run(tmp_path / "one", one, tol=1e-4)  # steps 1-2 from 2 processes, 3-4 from one
+    assert_same_run(first, one, tol=1e-4)  # steps 1-2 from 2 processes, 3-4 from one
 
 
 def test_grpo_on_two_processes_scores_every_group_whole(tmp_path):
