@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunelab.train.dist import SINGLE, Dist
@@ -65,12 +66,31 @@ def save(
     folder: Path, model, optimizer, state: dict, dist: Dist = SINGLE, extra: dict[str, object] | None = None
 ) -> Path:
     """Write checkpoint `folder` atomically (temporary folder, then rename). Every rank calls it;
-    `extra` maps file names to objects this rank writes with torch.save."""
+    `extra` maps file names to objects this rank writes with torch.save. A write that fails (a full
+    disk) removes the half-written folder, giving its space back, and raises one of WRITE_ERRORS."""
     tmp = folder.with_name(folder.name + ".tmp")
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    try:
+        _write_parts(tmp, model, optimizer, state, dist, extra or {})
+    except WRITE_ERRORS:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dist.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    dist.barrier()
+    return folder
+
+
+# what a failed write raises (a full disk, a file-size limit): OSError from Python's own writes,
+# RuntimeError from torch.save ("unexpected pos ..."), SafetensorError from safetensors
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _write_parts(tmp: Path, model, optimizer, state: dict, dist: Dist, extra: dict[str, object]) -> None:
     if dist.sharded:
         import torch.distributed.checkpoint as dcp
 
@@ -81,7 +101,7 @@ def save(
         save_file(trainable_state(model), tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / _rng_file(dist.rank))
-    for name, obj in (extra or {}).items():
+    for name, obj in extra.items():
         torch.save(obj, tmp / name)
     dist.barrier()
     if dist.is_main:
@@ -90,10 +110,6 @@ def save(
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    dist.barrier()
-    return folder
 
 
 def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:

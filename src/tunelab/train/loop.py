@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import torch
 
 from tunelab.config import dump_config
+from tunelab.errors import TunelabError
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.dist import Dist, to_device
@@ -191,19 +193,24 @@ def save_final(
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with warnings.catch_warnings():  # peft looks the base name up on the hub to see if the vocabulary changed
-        warnings.filterwarnings("ignore", message="Could not find a config file")
-        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-    tok.save_pretrained(tmp)
-    if cfg is not None:
-        render = {
-            "separator": cfg.data.separator,
-            "instruction": cfg.data.instruction,
-            "system": cfg.data.system,
-        }
-        (tmp / "tunelab.json").write_text(
-            json.dumps({"model": cfg.model.name, "adapter": cfg.adapter, "render": render}, indent=1)
-        )
+    try:
+        # peft looks the base name up on the hub to see if the vocabulary changed
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        tok.save_pretrained(tmp)
+        if cfg is not None:
+            render = {
+                "separator": cfg.data.separator,
+                "instruction": cfg.data.instruction,
+                "system": cfg.data.system,
+            }
+            (tmp / "tunelab.json").write_text(
+                json.dumps({"model": cfg.model.name, "adapter": cfg.adapter, "render": render}, indent=1)
+            )
+    except ckpt.WRITE_ERRORS:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back what the half folder took
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
@@ -263,8 +270,6 @@ def train(
     elif cfg.resume != "never":
         resume_from = Path(cfg.resume)
         if not (resume_from / "state.json").is_file():
-            from tunelab.errors import TunelabError
-
             raise TunelabError(f"resume={cfg.resume}: not a complete checkpoint folder (no state.json).")
     source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
@@ -305,10 +310,18 @@ def train(
         os.environ.get("TUNELAB_FAULT_KILL_AT_STEP", "0")
     )  # crash tests: SIGKILL after this step
 
+    saved_step = state.step if resume_from is not None else None  # a checkpoint holds this step already
+
     def save_checkpoint():
+        nonlocal saved_step
+        if saved_step == state.step:  # rewriting it would only open a moment in which it is missing
+            return
         state.guard = guard.state_dict()
         extra = {source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
-        ckpt.save(ckpt_root / f"step-{state.step}", unwrapped, optimizer, vars(state), dist, extra)
+        folder = ckpt_root / f"step-{state.step}"
+        with _writing(f"checkpoint {folder}", run_dir):
+            ckpt.save(folder, unwrapped, optimizer, vars(state), dist, extra)
+        saved_step = state.step
         if dist.is_main:
             ckpt.prune(ckpt_root, tc.keep_last)
 
@@ -341,7 +354,7 @@ def train(
         task = progress.add_task(stage, total=total, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total:
             t0 = time.perf_counter()
-            micro = [to_device(next(source), dist.device) for _ in range(tc.grad_accum)]
+            micro = _take(source, tc.grad_accum, dist, run_dir, state)
             (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
             lr = lr_at(state.step, total, tc) * state.lr_scale
             for group in optimizer.param_groups:
@@ -425,7 +438,8 @@ def train(
             os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
         dist.barrier()
     else:
-        save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
+        with _writing(f"the final model {run_dir / 'final'}", run_dir):
+            save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
     if dist.is_main:
         if cfg.merge and cfg.adapter in ("lora", "dora") and not dist.sharded:
             import copy
@@ -455,6 +469,35 @@ def train(
     return run_dir
 
 
+def _take(source: Iterator, n: int, dist: Dist, run_dir: Path, state: LoopState) -> list:
+    """The step's `n` micro-batches. A user error while making them (a reward function that fails, a
+    bad row met while streaming) says at which step it came and how to go on from there."""
+    try:
+        return [to_device(next(source), dist.device) for _ in range(n)]
+    except TunelabError as err:
+        err.args = (f"{err}\nThis happened at step {state.step + 1}. {_how_to_go_on(run_dir, 'fix it')}",)
+        raise
+
+
+@contextmanager
+def _writing(what: str, run_dir: Path):
+    """A write that fails (mostly a full disk) is for the user to fix: say what failed and how to go on."""
+    try:
+        yield
+    except ckpt.WRITE_ERRORS as exc:
+        free = shutil.disk_usage(run_dir).free / 2**30
+        raise TunelabError(  # torch's own message ("unexpected pos ...") does not say it was a write
+            f"could not write {what} ({free:.1f} GB free there; a full disk is the usual cause): {exc}. "
+            + _how_to_go_on(run_dir, "free some space")
+        ) from None
+
+
+def _how_to_go_on(run_dir: Path, fix: str) -> str:
+    newest = ckpt.latest(run_dir / "checkpoints")
+    where = f"The newest complete checkpoint is {newest}" if newest else "No checkpoint is complete yet"
+    return f"{where}; {fix} and run the same command again with out={run_dir} resume=auto."
+
+
 def _batch_stats(micro: list) -> dict[str, float]:
     """Statistics a batch carries already averaged (RL rollouts: reward, KL, timings), averaged over micro-batches."""
     seen: dict[str, list[float]] = {}
@@ -473,7 +516,8 @@ def _early_stopping(row, state, cfg, model, tok, run_dir, console, dist) -> bool
     better = state.best is None or (value < state.best if es.mode == "min" else value > state.best)
     if better:
         state.best, state.best_step, state.evals_without_gain = value, state.step, 0
-        save_final_everywhere(dist, model, tok, run_dir / "best", cfg)
+        with _writing(f"the best model so far {run_dir / 'best'}", run_dir):
+            save_final_everywhere(dist, model, tok, run_dir / "best", cfg)
         return False
     state.evals_without_gain += 1
     if state.evals_without_gain >= es.patience:
