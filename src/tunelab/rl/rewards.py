@@ -10,6 +10,7 @@ Names: exact | number | regex:PATTERN | length | rm:PATH | task:TASK | reasoning
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def reward_source(name: str) -> RewardFn:
 
 @dataclass
 class Combined:
-    """Weighted sum of reward sources; a source that raises or returns NaN is an error naming it."""
+    """Weighted sum of reward sources; a source that raises or returns NaN or inf is an error naming it."""
 
     sources: list[tuple[str, float, RewardFn]]
 
@@ -154,8 +155,9 @@ class Combined:
                 raise
             except Exception as exc:  # a user's reward function failed: say which and on what
                 raise TunelabError(f"reward '{name}' raised {type(exc).__name__}: {exc}") from exc
-            if any(v != v for v in values):
-                raise TunelabError(f"reward '{name}' returned NaN; rewards must be numbers.")
+            bad = next((v for v in values if not math.isfinite(v)), None)
+            if bad is not None:  # inf - inf in the advantages would make the loss NaN
+                raise TunelabError(f"reward '{name}' returned {bad}; rewards must be finite numbers.")
             out[name] = values
         return out
 
