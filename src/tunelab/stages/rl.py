@@ -161,6 +161,11 @@ def _append_rl_report(run: Path, source: RolloutSource) -> None:
             f"- KL to reference: {mean(last, 'kl'):.4f}, entropy {mean(last, 'entropy'):.3f}, "
             f"completion length {mean(last, 'completion_len'):.1f} tokens (last {k} steps)"
         )
+        cut = 1 - mean(rows, "stopped_share")
+        lines.append(
+            f"- completions that hit rollout.max_new_tokens without an EOS: {100 * cut:.0f}%"
+            + (" (raise max_new_tokens, or the model never learnt to stop)" if cut > 0.5 else "")
+        )
         t = {key: mean(rows, key) for key in ("time_generate_s", "time_score_s", "step_s")}
         lines.append(
             f"- time per step: {t['step_s']:.2f} s = generate {t['time_generate_s']:.2f} + score "
