@@ -8,7 +8,7 @@ Ctrl-C reach them exactly as they reach a user's run.
     zygote = Zygote()
     child = zygote.start(["sft", "model=tiny:llama", ...], log=tmp / "log", env={"TUNELAB_...": "3"})
     child.pid               # send it signals
-    child.wait()            # exit status; -9 for SIGKILL (as subprocess reports it)
+    child.wait(timeout=60)  # exit status; -9 for SIGKILL (as subprocess reports it)
     zygote.close()
 """
 
@@ -17,9 +17,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +55,8 @@ class Child:
     pid: int
     _zygote: Zygote
 
-    def wait(self) -> int:
-        return self._zygote._read()["status"]
+    def wait(self, timeout: float | None = None) -> int:
+        return self._zygote._read(timeout)["status"]
 
 
 class Zygote:
@@ -69,32 +71,56 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
             env=env,
+            start_new_session=True,  # its own process group: close() can end any child left running
         )
 
     def start(
-        self, argv: list[str], log: Path, env: dict[str, str] | None = None, kill_in_save: int | None = None
+        self,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        kill_in_save: int | None = None,
+        slow_steps: float = 0.0,
     ) -> Child:
         """Fork `tunelab ARGV` (output to `log`). `kill_in_save=N`: SIGKILL it halfway through writing
-        checkpoint step-N (its weights file written, the rest not)."""
-        request = {"argv": argv, "log": str(log), "env": env or {}, "kill_in_save": kill_in_save}
-        self.proc.stdin.write(json.dumps(request) + "\n")
+        checkpoint step-N (its weights file written, the rest not). `slow_steps=S`: each optimizer step
+        takes S seconds longer (time to send a second Ctrl-C while the first is being handled)."""
+        request = {
+            "argv": argv,
+            "log": str(log),
+            "env": env or {},
+            "kill_in_save": kill_in_save,
+            "slow_steps": slow_steps,
+        }
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
         return Child(self._read()["pid"], self)
 
     def run(self, argv: list[str], log: Path, **kwargs) -> int:
         return self.start(argv, log, **kwargs).wait()
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the zygote process died")
+    def _read(self, timeout: float | None = None) -> dict:
+        """The zygote's next answer line (read byte by byte, so that select() sees what is unread)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                raise TimeoutError(f"no answer from the child within {timeout} s")
+            byte = os.read(self.proc.stdout.fileno(), 1)
+            if not byte:
+                raise RuntimeError("the zygote process died")
+            line += byte
         return json.loads(line)
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:  # a child still runs (a test failed before it ended)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def serve() -> None:
@@ -124,6 +150,8 @@ def _child(request: dict) -> None:
         os.dup2(devnull, 0)  # the requests pipe belongs to the zygote
         if request["kill_in_save"]:
             _die_while_saving(request["kill_in_save"])
+        if request["slow_steps"]:
+            _slow_steps(request["slow_steps"])
         from tunelab.cli import main
 
         code = main(request["argv"])
@@ -147,3 +175,15 @@ def _die_while_saving(step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.save_file = write_then_die
+
+
+def _slow_steps(seconds: float) -> None:
+    from tunelab.train import loop
+
+    release = loop.release_freed_memory  # called once after every optimizer step
+
+    def release_then_wait():
+        release()
+        time.sleep(seconds)
+
+    loop.release_freed_memory = release_then_wait
