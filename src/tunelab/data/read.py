@@ -17,6 +17,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +69,8 @@ def _number(row: Row, field: str, default: float, *, min_value: float | None = N
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RowError(field, f"expected a number, got {type(value).__name__} ({_short(value)})")
+    if not math.isfinite(value):  # JSON readers accept NaN and Infinity; a loss would not survive them
+        raise RowError(field, f"expected a finite number, got {value}")
     if min_value is not None and value < min_value:
         raise RowError(field, f"must be >= {min_value}, got {value}")
     return float(value)
@@ -107,7 +110,21 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
         if not isinstance(content, str):
             raise RowError(f"{where}.content", f"expected text, got {type(content).__name__}")
         turns.append({"role": role, "content": content})
+    _check_turn_order(turns, field)
     return turns
+
+
+def _check_turn_order(turns: list[dict[str, str]], field: str) -> None:
+    """A system turn only first; user and assistant turns alternate (tool results may follow each other).
+    Many chat templates raise on anything else, and ChatML would silently train on a garbled dialogue."""
+    for i, turn in enumerate(turns):
+        role, before = turn["role"], turns[i - 1]["role"] if i else None
+        if role == "system" and i:
+            raise RowError(f"{field}[{i}].role", "'system' is allowed only as the first turn")
+        if role == before and role in ("user", "assistant"):
+            raise RowError(
+                f"{field}[{i}].role", f"'{role}' follows '{before}'; user and assistant turns alternate"
+            )
 
 
 def _prompt_or_chat(row: Row, field: str) -> str | list[dict[str, str]]:
@@ -186,6 +203,8 @@ def _judgments_kind(row: Row) -> Row:
     out = {"model_a": _text(row, "model_a"), "model_b": _text(row, "model_b"), "winner": _text(row, "winner")}
     if out["winner"] not in WINNERS:
         raise RowError("winner", f"expected one of {sorted(WINNERS)}, got {out['winner']!r}")
+    if out["model_a"] == out["model_b"]:
+        raise RowError("model_b", "is the same as model_a; a system compared with itself says nothing")
     for field in ("judge", "prompt"):
         if row.get(field) is not None:
             out[field] = row[field]
@@ -239,15 +258,25 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
                     ),
                 )
                 continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark, as Windows editors write
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as exc:
                 yield (
                     lineno,
-                    Problem(str(path), lineno, None, f"is not valid JSON ({exc.msg} at column {exc.colno})"),
+                    Problem(
+                        str(path),
+                        lineno,
+                        None,
+                        f"is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})",
+                    ),
                 )
+                continue
+            except RowError as err:
+                yield lineno, Problem(str(path), lineno, err.field, err.message)
                 continue
             if not isinstance(value, dict):
                 yield (
@@ -258,9 +287,19 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             yield lineno, value
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys, silently: a row written twice over is an error."""
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise RowError(key, "appears twice in this object; which one is meant?")
+        row[key] = value
+    return row
+
+
 def _json_records(path: Path) -> Iterator[Record]:
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        value = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError as exc:
         yield (
             0,
@@ -274,9 +313,12 @@ def _json_records(path: Path) -> Iterator[Record]:
                 str(path),
                 exc.lineno,
                 None,
-                f"is not valid JSON ({exc.msg} at column {exc.colno}); for one object per line use .jsonl",
+                f"is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); for one object per line use .jsonl",
             ),
         )
+        return
+    except RowError as err:  # a duplicate key; the whole file is one JSON value, so no line is known
+        yield 0, Problem(str(path), None, err.field, err.message)
         return
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}
@@ -330,6 +372,8 @@ def _txt_records(path: Path) -> Iterator[Record]:
             except UnicodeDecodeError:
                 yield lineno, Problem(str(path), lineno, None, "is not UTF-8; re-save the file as UTF-8")
                 continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
             if line.strip():
                 if not lines:
                     start = lineno
