@@ -104,6 +104,46 @@ def _defaults(cls: type[BaseModel]) -> dict[str, Any]:
         return {}
 
 
+def _read_yaml(p: Path) -> Any:
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TunelabError(
+            f"Config file '{p}' is not UTF-8 (line {line}: byte {raw[exc.start : exc.start + 1]!r}); "
+            "re-save it as UTF-8."
+        ) from None
+    try:
+        twice = _key_set_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TunelabError(f"Config file '{p}' is not valid YAML: {exc}") from None
+    if twice:
+        raise TunelabError(f"Config file '{p}': {twice}; say it once.")
+    return loaded
+
+
+def _key_set_twice(node, path: tuple[str, ...] = ()) -> str | None:
+    """PyYAML keeps the last of two equal keys without a word; name the first key set twice, if any."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in seen:
+                return f"'{'.'.join((*path, key))}' appears twice (line {seen[key]} and line {line})"
+            seen[key] = line
+            found = _key_set_twice(value_node, (*path, key))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _key_set_twice(item, path)
+            if found:
+                return found
+    return None
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Read YAML (optional), apply dotted overrides, validate into `cls`."""
     data: dict[str, Any] = {}
@@ -112,10 +152,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.is_file():
             raise TunelabError(f"Config file '{p}' does not exist. Pass a YAML file (see configs/) or none.")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise TunelabError(f"Config file '{p}' is not valid YAML: {exc}") from None
+        loaded = _read_yaml(p)
         if loaded is not None and not isinstance(loaded, dict):
             raise TunelabError(f"Config file '{p}' must hold a mapping of keys, not {type(loaded).__name__}.")
         data = loaded or {}
