@@ -6,9 +6,10 @@ Keys mean the same in every stage (../shared/DESIGN.md): `model`, `adapter`, `lo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelab.config import Section
 from tunelab.prompting.strategies import PromptingOptions
@@ -97,7 +98,9 @@ class TrainSection(Section):
 
 class ModelSection(Section):
     name: str = Field(
-        "smollm2-135m", description="model: smollm2-135m, tiny:llama, an HF folder, a .gguf file"
+        "smollm2-135m",
+        min_length=1,
+        description="model: smollm2-135m, tiny:llama, an HF folder, a .gguf file",
     )
     dropout: float | None = Field(
         None, ge=0, lt=1, description="override every dropout of the model (full fine-tuning knob)"
@@ -143,6 +146,13 @@ class StageConfig(Section):
     merge: bool = Field(
         False, description="also write the LoRA/DoRA adapter merged into the base model to merged/"
     )
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_folder(cls, value: str | None) -> str | None:
+        if value and Path(value).is_file():  # checked now: the run would fail only after loading everything
+            raise ValueError(f"out={value} is a file; the run folder must be a folder")
+        return value
 
 
 class PretrainConfig(StageConfig):

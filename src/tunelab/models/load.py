@@ -98,6 +98,11 @@ def resolve(ref: str) -> ModelRef:
     if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
         return ModelRef("hub", ref)
     known = ", ".join([*EMBEDDED, *(TINY_PREFIX + a for a in ARCHS)])
+    if path.is_file():
+        raise TunelabError(
+            f"Model '{ref}' is a file, not a model folder or a .gguf file: pass the folder that holds "
+            f"config.json, a .gguf file or a known name ({known})."
+        )
     raise TunelabError(
         f"Model '{ref}' does not exist: it is not a folder, a .gguf file or a known name ({known})."
     )
