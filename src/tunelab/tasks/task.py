@@ -220,6 +220,16 @@ def load_task(ref: str, *, seed: int = 0, size: int = 200) -> Task:
 
 
 def _task_file(path: Path, seed: int) -> Task:
+    """A task file's problems name the file (a bad template or metric would otherwise name only the task)."""
+    try:
+        return _read_task_file(path, seed)
+    except TunelabError as err:
+        if str(path) not in str(err):
+            err.args = (f"Task file {path}: {err}",)
+        raise
+
+
+def _read_task_file(path: Path, seed: int) -> Task:
     spec = load_config(TaskSpec, path)
     here = path.parent
 
