@@ -153,6 +153,7 @@ class TextBlocks:
         )
         self.micro_batches_per_epoch: int | None = None
         self.n_blocks: int | None = None
+        self.n_documents: int | None = None
         self.rank, self.world = 0, 1
 
     def shard(self, dist) -> TextBlocks:
@@ -179,6 +180,7 @@ class TextBlocks:
                 held_out = self.holdout_every and index % self.holdout_every == 0
                 if (self.split == "eval") == bool(held_out):
                     yield render_text(self.tok, row["text"]).input_ids
+        self.n_documents = index  # of a whole pass: tells an empty input from a short one
 
     def _blocks(self) -> Iterator[list[int]]:
         stream: list[int] = []

@@ -43,6 +43,8 @@ def main(cfg: PretrainConfig) -> Path:
         not cfg.train.max_steps
     ):  # one pass to count blocks (and check every row) so epochs can be turned into steps
         n = blocks.count()
+        if n == 0 and not blocks.n_documents:
+            raise TunelabError(f"{cfg.data.train} has no rows of text (nothing but blank lines).")
         if n == 0:
             raise TunelabError(
                 f"{cfg.data.train} holds fewer than train.max_len={block} tokens: lower train.max_len."
