@@ -492,7 +492,8 @@ def cmd_arena(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tunelab.doctor import run_doctor
 
-    return run_doctor()
+    _quiet_hf()
+    return run_doctor(load=args.load)
 
 
 def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -703,7 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     arena.set_defaults(func=cmd_arena)
 
-    doctor = sub.add_parser("doctor", help="versions, the embedded model, known-bad combinations")
+    doctor = sub.add_parser(
+        "doctor", help="versions, the embedded model, free disk and memory, known-bad combinations"
+    )
+    doctor.add_argument(
+        "--load", action="store_true", help="convert the embedded model first if needed (~30 s), then load it"
+    )
     doctor.set_defaults(func=cmd_doctor)
     return parser
 
