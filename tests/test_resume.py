@@ -3,14 +3,16 @@
 Each case runs once uninterrupted (in this process) and once broken: a real process SIGKILLed after a
 random step, resumed and SIGKILLed again halfway through writing a checkpoint (the weights file
 written, the rest not), resumed and killed after another random step, then resumed to the end. The
-kill points are drawn from a seed per case. The final weights must be bitwise equal and
-metrics.jsonl equal in every value but the timings (RL: samples.jsonl too).
+kill points are drawn from a seed per case (TUNELAB_TEST_KILL_SEEDS=N runs N plans per case). The
+final weights must be bitwise equal and metrics.jsonl equal in every value but the timings (RL:
+samples.jsonl too).
 
 The killed runs are forked from a warm process (helpers/zygote.py) that has torch and transformers
 imported already: a cold `python -m tunelab` spends ~5 s importing.
 """
 
 import json
+import os
 import random
 
 import pytest
@@ -84,9 +86,13 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+SEEDS = range(int(os.environ.get("TUNELAB_TEST_KILL_SEEDS", "1")))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_killed_anywhere_then_resumed_equals_uninterrupted(
-    tmp_path, case, cli, zygote, one_thread, monkeypatch
+    tmp_path, case, seed, cli, zygote, one_thread, monkeypatch
 ):
     monkeypatch.setattr(  # plots are slow here and tested elsewhere; rm adds its own to the folder
         "tunelab.train.loop.make_plots", lambda run_dir: (run_dir / "plots").mkdir(exist_ok=True)
@@ -107,7 +113,7 @@ def test_killed_anywhere_then_resumed_equals_uninterrupted(
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert cli(*argv, f"out={whole}")[0] == 0
 
-    plan = kill_plan(case)
+    plan = kill_plan(f"{case}-{seed}")
     for i, (kind, at) in enumerate(plan):
         log = tmp_path / f"kill-{i}.log"
         env = {"TUNELAB_FAULT_KILL_AT_STEP": str(at)} if kind == "step" else {}
