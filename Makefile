@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup browser demo test lint format clean
+.PHONY: setup browser demo test bench lint format clean
 
 setup: $(STAMP) browser
 
@@ -31,6 +31,12 @@ demo: setup
 # pytest exits 5 when it collected no test: that is a failure, not a pass.
 test: setup
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+# tunelab vs TRL side by side (not part of `make test`; ~45 min on 2 cores). ARGS="sft_lora --quick" picks.
+# torch is named again so that pip never swaps the CPU build for another while installing TRL.
+bench: setup
+	$(PIP) install --quiet -e '.[bench]' torch==2.13.0
+	$(PY) -m bench $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests
