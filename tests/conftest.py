@@ -11,6 +11,24 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Tiny models on one thread, here and in every process a test starts: their matrices are too small to
+# share, and with two threads OpenMP spin-waits. With one other busy process on this 2-core machine,
+# a GRPO test plus tests/test_train.py took 270 s on two threads and 29 s on one (measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _threads(request):
+    """The real model (tests marked slow) gets the machine's cores back; everything else runs on one."""
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(os.cpu_count() or 1, 4))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
