@@ -74,7 +74,7 @@ def test_a_full_disk_while_saving_stops_clearly_and_resume_goes_on(
     tmp_path, cli, one_thread, monkeypatch, failing
 ):
     import tunelab.train.checkpoint as ckpt
-    import tunelab.train.loop as loop
+    import tunelab.train.run_folder as run_folder
 
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
@@ -93,9 +93,9 @@ def test_a_full_disk_while_saving_stops_clearly_and_resume_goes_on(
             )
         else:  # peft's save_pretrained (safetensors again), after the last checkpoint
             patch.setattr(
-                loop,
+                run_folder,
                 "save_final",
-                disk_full_during(loop.save_final, lambda m, t, folder, *a: folder.name == "final"),
+                disk_full_during(run_folder.save_final, lambda m, t, folder, *a: folder.name == "final"),
             )
         code, _, err = cli(*SFT, f"data.train={data}", f"out={broken}")
     message = one_paragraph(err)

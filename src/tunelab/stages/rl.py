@@ -25,7 +25,8 @@ from tunelab.rl.rollout import RolloutBatch, RolloutSource
 from tunelab.schema import RLConfig
 from tunelab.stages.common import prepare_model, render_options
 from tunelab.train.dist import main_process
-from tunelab.train.loop import default_run_dir, train
+from tunelab.train.loop import train
+from tunelab.train.run_folder import default_run_dir
 
 POLICY_LOSS = {"grpo": "ppo_clip", "rloo": "reinforce", "reinforce": "reinforce", "ppo": "ppo_clip"}
 

@@ -18,24 +18,18 @@ numbers are summed over ranks, and only rank 0 writes logs, plots and reports.
 
 from __future__ import annotations
 
-import ctypes
-import json
 import math
 import os
-import resource
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from tunelab.config import dump_config
 from tunelab.errors import TunelabError
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
@@ -44,7 +38,18 @@ from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
 from tunelab.train.log import MetricsLog, make_plots
 from tunelab.train.optim import build_optimizer, lr_at
-from tunelab.train.report import count_params, write_report
+from tunelab.train.process import Stop, peak_memory_mb, release_freed_memory
+from tunelab.train.report import count_params
+from tunelab.train.run_folder import (
+    clear_old_run,
+    default_run_dir,
+    how_to_go_on,
+    save_final,
+    save_final_everywhere,
+    write_config,
+    write_summary,
+    writing,
+)
 
 
 class BatchSource(Protocol):
@@ -78,10 +83,6 @@ class LoopState:
     guard: dict = field(default_factory=dict)
 
 
-def default_run_dir(stage: str) -> Path:
-    return Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def total_steps(cfg: StageConfig, batches: BatchSource) -> int:
     if cfg.train.max_steps:
         return cfg.train.max_steps
@@ -104,65 +105,6 @@ def _micro_batches(batches: BatchSource, state: LoopState) -> Iterator[Any]:
         state.micro = 0
 
 
-class _Stop:
-    """First Ctrl-C / SIGTERM: finish the step, save, exit cleanly. Second Ctrl-C: exit at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            os._exit(130)
-        self.requested = True
-        print(
-            "\nstopping after this step (a checkpoint will be saved); press Ctrl-C again to quit at once",
-            file=sys.stderr,
-        )
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        return None
-
-
-_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
-
-
-def release_freed_memory() -> None:
-    """Give the step's freed activations back to the OS (glibc keeps them otherwise).
-
-    On CPU, glibc's allocator holds on to freed blocks of every shape a step used, so resident memory
-    grew by ~400 MB per step on SmolLM2 until the machine ran out; trimming keeps it at the real peak.
-    """
-    if _TRIM is not None and not torch.cuda.is_available():
-        _TRIM(0)
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 @torch.no_grad()
 def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     """Loss and metrics per unit over held-out batches (every rank evaluates all of them: the same
@@ -179,49 +121,6 @@ def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     model.train(was_training)
     units = max(units, 1)
     return {"eval_loss": total / units, **{f"eval_{k}": v / units for k, v in sums.items()}}
-
-
-def save_final(
-    model, tok, folder: Path, cfg: StageConfig | None = None, state_dict: dict | None = None
-) -> Path:
-    """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically.
-
-    tunelab.json records how prompts were rendered in training, so generate / score render the same way.
-    `state_dict`: the weights to write when the model itself holds only a shard of them (FSDP).
-    """
-    import warnings
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        # peft looks the base name up on the hub to see if the vocabulary changed
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Could not find a config file")
-            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-        tok.save_pretrained(tmp)
-        if cfg is not None:
-            render = {
-                "separator": cfg.data.separator,
-                "instruction": cfg.data.instruction,
-                "system": cfg.data.system,
-            }
-            (tmp / "tunelab.json").write_text(
-                json.dumps({"model": cfg.model.name, "adapter": cfg.adapter, "render": render}, indent=1)
-            )
-    except ckpt.WRITE_ERRORS:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back what the half folder took
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
-
-
-def save_final_everywhere(dist: Dist, model, tok, folder: Path, cfg: StageConfig | None = None) -> None:
-    """Every rank calls it (FSDP gathers the weights onto rank 0); rank 0 writes."""
-    state = dist.full_state(model)
-    if dist.is_main:
-        save_final(model, tok, folder, cfg, state_dict=state)
-    dist.barrier()
 
 
 def train(
@@ -280,26 +179,9 @@ def train(
             batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
         console.print(f"resuming from {resume_from} (step {state.step} of {total})")
     if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
-        for old in [
-            "checkpoints",
-            "final",
-            "best",
-            "merged",
-            "plots",
-            "metrics.jsonl",
-            "report.md",
-            "samples.jsonl",
-            *[p.name for p in run_dir.glob("events.*")],
-        ]:
-            target = run_dir / old
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-
+        clear_old_run(run_dir)
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(
-            dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
-            f"global_batch: {tc.batch_size * tc.grad_accum * dist.world}\n"
-            f"processes: {dist.world}\ndistributed_mode: {dist.mode}\n"
-        )
+        write_config(run_dir, cfg, stage, total, dist)
     dist.barrier()  # the old run's files are gone before any rank writes a checkpoint
     log = MetricsLog(run_dir, resume_step=state.step) if dist.is_main else None
     if eval_batches and dist.device.type != "cpu":
@@ -319,7 +201,7 @@ def train(
         state.guard = guard.state_dict()
         extra = {source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
         folder = ckpt_root / f"step-{state.step}"
-        with _writing(f"checkpoint {folder}", run_dir):
+        with writing(f"checkpoint {folder}", run_dir):
             ckpt.save(folder, unwrapped, optimizer, vars(state), dist, extra)
         saved_step = state.step
         if dist.is_main:
@@ -350,7 +232,7 @@ def train(
     progress = _progress(console, total, state.step)
     started = time.monotonic() - state.elapsed_s
     stopped_early = False
-    with _Stop() as stop, progress:
+    with Stop() as stop, progress:
         task = progress.add_task(stage, total=total, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total:
             t0 = time.perf_counter()
@@ -438,7 +320,7 @@ def train(
             os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
         dist.barrier()
     else:
-        with _writing(f"the final model {run_dir / 'final'}", run_dir):
+        with writing(f"the final model {run_dir / 'final'}", run_dir):
             save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
     if dist.is_main:
         if cfg.merge and cfg.adapter in ("lora", "dora") and not dist.sharded:
@@ -458,13 +340,11 @@ def train(
             "best_step": state.best_step,
             "elapsed_s": state.elapsed_s,
             "tokens": state.tokens,
-            "peak_memory_mb": _peak_memory_mb(),
+            "peak_memory_mb": peak_memory_mb(),
             "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
         }
-        summary["trainable_params"], summary["total_params"] = n_params
         summary["processes"], summary["distributed"] = dist.world, dist.mode
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))  # for scripts and the ladder
-        write_report(run_dir, cfg, n_params, summary, report or {})
+        write_summary(run_dir, cfg, summary, n_params, report or {})
     console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
 
@@ -475,27 +355,8 @@ def _take(source: Iterator, n: int, dist: Dist, run_dir: Path, state: LoopState)
     try:
         return [to_device(next(source), dist.device) for _ in range(n)]
     except TunelabError as err:
-        err.args = (f"{err}\nThis happened at step {state.step + 1}. {_how_to_go_on(run_dir, 'fix it')}",)
+        err.args = (f"{err}\nThis happened at step {state.step + 1}. {how_to_go_on(run_dir, 'fix it')}",)
         raise
-
-
-@contextmanager
-def _writing(what: str, run_dir: Path):
-    """A write that fails (mostly a full disk) is for the user to fix: say what failed and how to go on."""
-    try:
-        yield
-    except ckpt.WRITE_ERRORS as exc:
-        free = shutil.disk_usage(run_dir).free / 2**30
-        raise TunelabError(  # torch's own message ("unexpected pos ...") does not say it was a write
-            f"could not write {what} ({free:.1f} GB free there; a full disk is the usual cause): {exc}. "
-            + _how_to_go_on(run_dir, "free some space")
-        ) from None
-
-
-def _how_to_go_on(run_dir: Path, fix: str) -> str:
-    newest = ckpt.latest(run_dir / "checkpoints")
-    where = f"The newest complete checkpoint is {newest}" if newest else "No checkpoint is complete yet"
-    return f"{where}; {fix} and run the same command again with out={run_dir} resume=auto."
 
 
 def _batch_stats(micro: list) -> dict[str, float]:
@@ -516,7 +377,7 @@ def _early_stopping(row, state, cfg, model, tok, run_dir, console, dist) -> bool
     better = state.best is None or (value < state.best if es.mode == "min" else value > state.best)
     if better:
         state.best, state.best_step, state.evals_without_gain = value, state.step, 0
-        with _writing(f"the best model so far {run_dir / 'best'}", run_dir):
+        with writing(f"the best model so far {run_dir / 'best'}", run_dir):
             save_final_everywhere(dist, model, tok, run_dir / "best", cfg)
         return False
     state.evals_without_gain += 1

@@ -1,0 +1,115 @@
+"""The run folder (DESIGN.md): what a run leaves behind, and how it is written.
+
+    runs/NAME/  config.yaml  metrics.jsonl  events.*  plots/  checkpoints/step-N/  final/  report.md
+
+`final/` (and `best/`) are written atomically; a write that fails (mostly a full disk) becomes one
+paragraph for the user that says how to go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from tunelab.config import dump_config
+from tunelab.errors import TunelabError
+from tunelab.schema import StageConfig
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.dist import Dist
+from tunelab.train.report import write_report
+
+# what a fresh start removes, so that nothing of an older run in the same folder mixes in
+OLD_RUN = ["checkpoints", "final", "best", "merged", "plots", "metrics.jsonl", "report.md", "samples.jsonl"]
+
+
+def default_run_dir(stage: str) -> Path:
+    return Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def clear_old_run(run_dir: Path) -> None:
+    for old in [*OLD_RUN, *[p.name for p in run_dir.glob("events.*")]]:
+        target = run_dir / old
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist: Dist) -> None:
+    """The resolved config, with what was derived from it (global batch, total steps, processes)."""
+    tc = cfg.train
+    (run_dir / "config.yaml").write_text(
+        dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
+        f"global_batch: {tc.batch_size * tc.grad_accum * dist.world}\n"
+        f"processes: {dist.world}\ndistributed_mode: {dist.mode}\n"
+    )
+
+
+def save_final(
+    model, tok, folder: Path, cfg: StageConfig | None = None, state_dict: dict | None = None
+) -> Path:
+    """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically.
+
+    tunelab.json records how prompts were rendered in training, so generate / score render the same way.
+    `state_dict`: the weights to write when the model itself holds only a shard of them (FSDP).
+    """
+    import warnings
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        # peft looks the base name up on the hub to see if the vocabulary changed
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        tok.save_pretrained(tmp)
+        if cfg is not None:
+            render = {
+                "separator": cfg.data.separator,
+                "instruction": cfg.data.instruction,
+                "system": cfg.data.system,
+            }
+            (tmp / "tunelab.json").write_text(
+                json.dumps({"model": cfg.model.name, "adapter": cfg.adapter, "render": render}, indent=1)
+            )
+    except ckpt.WRITE_ERRORS:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back what the half folder took
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def save_final_everywhere(dist: Dist, model, tok, folder: Path, cfg: StageConfig | None = None) -> None:
+    """Every rank calls it (FSDP gathers the weights onto rank 0); rank 0 writes."""
+    state = dist.full_state(model)
+    if dist.is_main:
+        save_final(model, tok, folder, cfg, state_dict=state)
+    dist.barrier()
+
+
+@contextmanager
+def writing(what: str, run_dir: Path):
+    """A write that fails (mostly a full disk) is for the user to fix: say what failed and how to go on."""
+    try:
+        yield
+    except ckpt.WRITE_ERRORS as exc:
+        free = shutil.disk_usage(run_dir).free / 2**30
+        raise TunelabError(  # torch's own message ("unexpected pos ...") does not say it was a write
+            f"could not write {what} ({free:.1f} GB free there; a full disk is the usual cause): {exc}. "
+            + how_to_go_on(run_dir, "free some space")
+        ) from None
+
+
+def how_to_go_on(run_dir: Path, fix: str) -> str:
+    newest = ckpt.latest(run_dir / "checkpoints")
+    where = f"The newest complete checkpoint is {newest}" if newest else "No checkpoint is complete yet"
+    return f"{where}; {fix} and run the same command again with out={run_dir} resume=auto."
+
+
+def write_summary(run_dir: Path, cfg: StageConfig, summary: dict, n_params: tuple[int, int], data: dict):
+    """summary.json (for scripts and the ladder) and report.md."""
+    summary["trainable_params"], summary["total_params"] = n_params
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report(run_dir, cfg, n_params, summary, data)
