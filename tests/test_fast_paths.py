@@ -1,0 +1,75 @@
+"""Speed-ups that must not change behaviour: each fast path gives what the plain path gives."""
+
+from __future__ import annotations
+
+import torch
+
+
+def lora_model(targets):
+    """tiny:llama with a LoRA adapter whose B is random (not zero), so the adapter changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.load import load_model
+
+    model, tok = load_model("tiny:llama")
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)
+    return get_peft_model(model, config).eval(), tok
+
+
+def grouped_rollout(tok, groups: int = 2, group: int = 3):
+    """A GRPO-like batch: left-padded prompts, each repeated `group` times with completions of different
+    lengths, right-padded; target_mask on the completion tokens."""
+    prompts = ["what is two plus two", "a longer question about the cat that sat on the mat"][:groups]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    P = max(len(x) for x in prompt_ids)
+    g = torch.Generator().manual_seed(0)
+    rows, masks, targets = [], [], []
+    for ids in prompt_ids:
+        for k in range(group):
+            n = 2 + 3 * k  # completions of 2, 5, 8 tokens
+            completion = torch.randint(3, 300, (n,), generator=g).tolist()
+            pad_left, pad_right = P - len(ids), 3 * (group - 1) + 2 - n
+            rows.append([0] * pad_left + ids + completion + [0] * pad_right)
+            masks.append([0] * pad_left + [1] * (len(ids) + n) + [0] * pad_right)
+            targets.append([0] * P + [1] * n + [0] * pad_right)
+    return torch.tensor(rows), torch.tensor(masks), torch.tensor(targets).bool()
+
+
+def test_shared_prompt_logprobs_equal_the_plain_forward_and_its_gradients(monkeypatch):
+    from tunelab.models import forward
+
+    model, tok = lora_model(["q_proj", "k_proj", "v_proj", "o_proj"])
+    model.train()
+    ids, mask, target = grouped_rollout(tok)
+    assert forward.shared_prompts(model, ids, mask, target) is not None  # the fast path applies here
+
+    def run():
+        model.zero_grad()
+        logp, entropy, _ = forward.token_logprobs(model, ids, mask, target, temperature=0.7)
+        (
+            logp * torch.linspace(-1, 1, len(logp))
+        ).sum().backward()  # a loss that weighs every token differently
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return logp.detach(), entropy.detach(), grads
+
+    fast = run()
+    monkeypatch.setattr(forward, "shared_prompts", lambda *a: None)
+    plain = run()
+    assert len(fast[0]) == int(target.sum())
+    for got, want in zip(fast, plain, strict=True):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_rows_that_do_not_share_prompts_take_the_plain_path():
+    from tunelab.models import forward
+
+    model, tok = lora_model(["q_proj"])
+    ids, mask, target = grouped_rollout(tok, groups=2, group=1)
+    assert forward.shared_prompts(model, ids, mask, target) is None
+    ids, mask, target = grouped_rollout(tok, groups=2, group=3)
+    ids[1, -3] = 7  # a completion token differs: the prompts are still shared
+    P, heads, group_of_row = forward.shared_prompts(model, ids, mask, target)
+    assert heads.tolist() == [0, 3] and group_of_row.tolist() == [0, 0, 0, 1, 1, 1]
+    ids[1, P - 1] = (ids[1, P - 1] + 1) % 300  # a prompt token differs: groups 0 | 1 | 2 | 3-5
+    assert forward.shared_prompts(model, ids, mask, target) is None  # more than half as many prompts as rows
