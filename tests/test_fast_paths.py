@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -73,3 +74,43 @@ def test_rows_that_do_not_share_prompts_take_the_plain_path():
     assert heads.tolist() == [0, 3] and group_of_row.tolist() == [0, 0, 0, 1, 1, 1]
     ids[1, P - 1] = (ids[1, P - 1] + 1) % 300  # a prompt token differs: groups 0 | 1 | 2 | 3-5
     assert forward.shared_prompts(model, ids, mask, target) is None  # more than half as many prompts as rows
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama+lora"])
+def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
+    from tunelab.generation import complete, drops_finished_rows, greedy_dropping_finished, left_padded
+    from tunelab.models.load import load_model
+
+    model, tok = lora_model(["q_proj", "v_proj"]) if arch == "llama+lora" else load_model(f"tiny:{arch}")
+    model.eval()
+    assert drops_finished_rows(model)
+    prompts = ["a", "the cat sat on the mat and", "one two three", "x y", "a house by the sea is"]
+    enc = left_padded(tok, prompts)
+    n_prompt = enc["input_ids"].shape[1]
+
+    def hf(eos):
+        with torch.no_grad():
+            out = model.generate(
+                **enc, do_sample=False, max_new_tokens=10, eos_token_id=eos, pad_token_id=tok.pad_token_id
+            )
+        return out[:, n_prompt:]
+
+    free = hf(tok.eos_token_id)
+    # an "EOS" that some rows produce early and others late or never: rows leave the batch at different steps
+    eos = int(free[0, 2])
+    assert len({next((k for k, t in enumerate(row) if t == eos), 99) for row in free.tolist()}) > 1
+    want = hf(eos)
+    got = greedy_dropping_finished(model, enc, 10, eos, tok.pad_token_id)
+    assert torch.equal(got[:, : want.shape[1]], want)
+    assert (got[:, want.shape[1] :] == tok.pad_token_id).all()  # HF stops when the last row has finished
+    # complete() decodes through it: the texts HF greedy gives
+    texts = [a for a, _, _ in complete(model, tok, prompts, max_new_tokens=10)]
+    assert texts == [tok.decode(row, skip_special_tokens=True).strip() for row in free.tolist()]
+
+
+def test_greedy_leaves_a_repetition_penalty_to_hf():
+    from tunelab.generation import drops_finished_rows
+
+    model, _ = lora_model(["q_proj"])
+    model.generation_config.repetition_penalty = 1.3
+    assert not drops_finished_rows(model)
