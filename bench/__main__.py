@@ -27,10 +27,11 @@ from bench.harness import CHILD_ENV, MFU_FORMULA, RESULTS, Workload, matmul_peak
 
 os.environ.update(CHILD_ENV)  # the parent's matmul peak is measured under the children's environment
 
-# TRL's fastest SFT setting found on this machine (bench/results/trl_sft_settings.json has the sweep):
-# no gradient checkpointing, padding-free batches (its block-diagonal mask keeps rows apart under SDPA).
+# Each side's fastest SFT setting found here (`python -m bench sft_settings`; bench/results/sft_settings.json):
+# TRL without gradient checkpointing and padding-free (rows laid end to end; under SDPA transformers keeps
+# them apart with a block-diagonal mask made from the restarting position ids); tunelab grouping rows by length.
 TRL_SFT_BEST = ["gradient_checkpointing=false", "padding_free=true"]
-TUNELAB_SFT = []  # tunelab's defaults
+TUNELAB_SFT = ["data.group_by_length=true"]
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
@@ -130,9 +131,8 @@ def scaling(quick: bool, log_dir) -> dict:
 
 
 SFT_SETTINGS = {  # (side, its settings): each run once, 1 warm-up + 2 steps; the fastest of a side is its best
-    "tunelab": [[], ["data.group_by_length=true"], ["data.pack=true"]],
+    "tunelab": [[], ["data.group_by_length=true"]],
     "trl": [
-        ["gradient_checkpointing=true"],
         ["gradient_checkpointing=false"],
         ["gradient_checkpointing=false", "train_sampling_strategy=group_by_length"],
         ["gradient_checkpointing=false", "padding_free=true"],

@@ -157,7 +157,8 @@ def trl_side(a) -> dict:
             max_steps=a.warmup + a.steps,
             learning_rate=2e-4 if a.adapter == "lora" else 1e-5,
             bf16=False,  # the workload is fp32 (TRL's default bf16 autocast is also ~5x slower on this CPU)
-            max_length=max(1024, a.seq + 64),
+            # rows come already fitted; padding-free without packing refuses a max_length it cannot enforce
+            max_length=None if settings.get("padding_free") else max(1024, a.seq + 64),
             logging_steps=1000,
             save_strategy="no",
             report_to=[],
