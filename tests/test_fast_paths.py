@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -78,7 +80,7 @@ def test_rows_that_do_not_share_prompts_take_the_plain_path():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama+lora"])
 def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
-    from tunelab.generation import complete, drops_finished_rows, greedy_dropping_finished, left_padded
+    from tunelab.generation import complete, decode_dropping_finished, drops_finished_rows, left_padded
     from tunelab.models.load import load_model
 
     model, tok = lora_model(["q_proj", "v_proj"]) if arch == "llama+lora" else load_model(f"tiny:{arch}")
@@ -100,9 +102,9 @@ def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
     eos = int(free[0, 2])
     assert len({next((k for k, t in enumerate(row) if t == eos), 99) for row in free.tolist()}) > 1
     want = hf(eos)
-    got = greedy_dropping_finished(model, enc, 10, eos, tok.pad_token_id)
-    assert torch.equal(got[:, : want.shape[1]], want)
-    assert (got[:, want.shape[1] :] == tok.pad_token_id).all()  # HF stops when the last row has finished
+    got, logp, entropy = decode_dropping_finished(model, enc, 10, {eos}, tok.pad_token_id)
+    assert torch.equal(got, want)  # HF also stops when the last row has finished
+    assert (logp <= 0).all() and (entropy >= 0).all()
     # complete() decodes through it: the texts HF greedy gives
     texts = [a for a, _, _ in complete(model, tok, prompts, max_new_tokens=10)]
     assert texts == [tok.decode(row, skip_special_tokens=True).strip() for row in free.tolist()]
@@ -114,3 +116,48 @@ def test_greedy_leaves_a_repetition_penalty_to_hf():
     model, _ = lora_model(["q_proj"])
     model.generation_config.repetition_penalty = 1.3
     assert not drops_finished_rows(model)
+
+
+def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
+    """Sampled tokens: seeded, pad after EOS, and their log-probs / entropies are those a training forward
+    computes at the sampling temperature (what RL's old log-probs must be)."""
+    from tunelab.generation import decode_dropping_finished, left_padded
+    from tunelab.models.forward import token_logprobs
+
+    model, tok = lora_model(["q_proj", "v_proj"])
+    enc = left_padded(tok, ["a", "the cat sat on the mat and", "one two three", "x y"])
+
+    def sample(seed, eos):
+        torch.manual_seed(seed)
+        return decode_dropping_finished(model, enc, 12, eos, tok.pad_token_id, temperature=0.8, top_p=0.9)
+
+    free = sample(3, {-1})[0]  # nothing ends it: 12 tokens a row
+    eos = set(
+        torch.bincount(free.flatten()).topk(3).indices.tolist()
+    )  # frequent: rows end at different steps
+    sample = functools.partial(sample, eos=eos)
+
+    new, logp, entropy = sample(3)
+    assert torch.equal(new, sample(3)[0]) and not torch.equal(new, sample(4)[0])
+    ended = torch.isin(new, torch.tensor(sorted(eos)))
+    first_end = torch.where(ended.any(1), ended.float().argmax(1), new.shape[1])
+    assert len(set(first_end.tolist())) > 1  # rows really left at different steps
+    generated = torch.arange(new.shape[1])[None, :] <= first_end[:, None]  # EOS included
+    assert (new[~generated] == tok.pad_token_id).all()
+    sequences = torch.cat([enc["input_ids"], new], dim=1)
+    mask = torch.cat([enc["attention_mask"], generated.long()], dim=1)
+    target = torch.cat([torch.zeros_like(enc["attention_mask"]), generated.long()], dim=1).bool()
+    with torch.no_grad():
+        want_logp, want_entropy, _ = token_logprobs(model, sequences, mask, target, temperature=0.8)
+    assert torch.allclose(logp[generated], want_logp, atol=1e-4)
+    assert torch.allclose(entropy[generated], want_entropy, atol=1e-4)
+
+
+def test_top_p_filter_is_hf_top_p():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from tunelab.generation import _top_p
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for p in (0.3, 0.9, 0.999):
+        assert torch.equal(_top_p(logits, p), TopPLogitsWarper(p)(None, logits.clone()))

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.render import RenderOptions, prompt_text
-from tunelab.generation import cache_works, left_padded
+from tunelab.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.losses import policy as P
 from tunelab.models.forward import token_logprobs
 from tunelab.train.dist import SINGLE
@@ -177,30 +177,53 @@ class RolloutSource:
                     yield batch
 
     def generate_hf(self, examples: list[dict], seed: int):
-        """(sequences (N, P + C), prompt_mask (N, P), logits of each generated position (N, C, V))."""
+        """(sequences (N, P + C), prompt_mask (N, P), (log-prob, entropy) of each generated position under
+        the sampling distribution softmax(raw logits / temperature), (N, C) each)."""
         cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
         texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
         enc = left_padded(tok, texts).to(self.policy.device)
+        temperature = cfg.rollout.temperature
+        synced = self.dist.sharded and self.dist.world > 1  # FSDP: every rank runs every forward
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out = self.policy.generate(
-                **enc,
-                do_sample=True,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                top_k=None,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                eos_token_id=sorted(self.eos_ids),
-                pad_token_id=tok.pad_token_id,
-                stop_strings=cfg.rollout.stop or None,
-                tokenizer=tok if cfg.rollout.stop else None,
-                return_dict_in_generate=True,
-                output_logits=True,
-                use_cache=cache_works(self.policy),
-                synced_gpus=self.dist.sharded and self.dist.world > 1,  # FSDP: every rank runs every forward
-            )
+            if not cfg.rollout.stop and not synced and drops_finished_rows(self.policy):
+                # completions that stopped leave the batch (generate computes them to the end): see
+                # decode_dropping_finished; log-probs and entropies come per step, not as (N, C, V) logits
+                new, logp, entropy = decode_dropping_finished(
+                    self.policy,
+                    enc,
+                    cfg.rollout.max_new_tokens,
+                    self.eos_ids,
+                    tok.pad_token_id,
+                    temperature,
+                    cfg.rollout.top_p,
+                )
+                sequences = torch.cat([enc["input_ids"], new], dim=1)
+            else:  # stop strings, prompt tuning (no cache), FSDP, or logit options only generate applies
+                out = self.policy.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=cfg.rollout.top_p,
+                    top_k=None,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    eos_token_id=sorted(self.eos_ids),
+                    pad_token_id=tok.pad_token_id,
+                    stop_strings=cfg.rollout.stop or None,
+                    tokenizer=tok if cfg.rollout.stop else None,
+                    return_dict_in_generate=True,
+                    output_logits=True,
+                    use_cache=cache_works(self.policy),
+                    synced_gpus=synced,
+                )
+                sequences = out.sequences
+                logp_all = torch.log_softmax(torch.stack(out.logits, dim=1).float() / temperature, dim=-1)
+                new = sequences[:, enc["input_ids"].shape[1] :]  # (N, C)
+                logp = logp_all.gather(2, new[..., None]).squeeze(2)  # (N, C)
+                entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (N, C)
+                del logp_all
         # the batch is assembled on the CPU; the loop moves it to the training device
-        return out.sequences.cpu(), enc["attention_mask"].cpu(), torch.stack(out.logits, dim=1).cpu()
+        return sequences.cpu(), enc["attention_mask"].cpu(), (logp.cpu(), entropy.cpu())
 
     def generate_vllm(self, examples: list[dict], seed: int):
         """(sequences (N, P + C), prompt_mask (N, P), vLLM's log-prob of each generated token (N, C))."""
@@ -244,15 +267,10 @@ class RolloutSource:
         on_device = [t.to(device) for t in (sequences, attention_mask, completion_mask)]  # for forwards
         is_weight, sampler_stats = None, {}
         if self.sampler is None:
-            # the sampling distribution's log-probs come with generate (raw logits / temperature); the
+            # the sampling distribution's log-probs come with sampling (raw logits / temperature); the
             # trainer recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
-            gen_tokens = sequences[:, prompt_len:][generated]  # (K,)
-            gen_logp_all = torch.log_softmax(
-                gen_out[generated].float() / cfg.rollout.temperature, dim=-1
-            )  # (K, V)
-            old_logp = gen_logp_all.gather(1, gen_tokens[:, None]).squeeze(1)  # (K,)
-            entropy = -(gen_logp_all.exp() * gen_logp_all).sum(dim=-1)  # (K,)
-            del gen_logp_all, gen_out
+            gen_logp, gen_entropy = gen_out  # (N, C) each
+            old_logp, entropy = gen_logp[generated], gen_entropy[generated]  # (K,)
         else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
