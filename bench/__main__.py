@@ -35,7 +35,7 @@ TUNELAB_SFT = ["data.group_by_length=true"]
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
-    steps = ["--steps", "1" if quick else "3", "--warmup", "1"]
+    steps = ["--steps", "1" if quick else "2", "--warmup", "1"]
     sft = [*steps, "--tl", *TUNELAB_SFT, "--trl", *TRL_SFT_BEST]
     return {
         w.name: w
