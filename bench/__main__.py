@@ -8,7 +8,7 @@
 Workloads: sft_lora, sft_full, rm, dpo, grpo, gen, scaling. Each side of each round runs in its own
 process (its peak RSS from os.wait4); the sides alternate A B A B so a shared machine's drift falls on
 both; the fp32 matmul peak is measured before and after every round. Figures are medians over rounds.
-Writes bench/results/<workload>.json and bench/results/latest.md (the table) and prints the table;
+Writes bench/results/<workload>.json and bench/results/latest.md (the newest result of every workload)\nand prints the table;
 each side's output goes to $TMPDIR/tunelab-bench/.
 Needs the `bench` extra: pip install -e '.[bench]' (TRL), with torch pinned as in the Makefile.
 """
@@ -182,6 +182,34 @@ def scaling_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def latest(out_dir: Path, names: list[str]) -> str:
+    """The table of every workload's newest result in `out_dir` (a rerun of one workload updates its rows)."""
+    found = {
+        n: json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()
+    }
+    summaries = [found[n] for n in names if n in found and "sides" in found[n]]
+    lines = [
+        "Each row: medians of interleaved rounds (tunelab, other, tunelab, other), each side in its own process;",
+        "dates are when each workload ran (`python -m bench WORKLOAD` reruns one).",
+        "",
+    ]
+    if summaries:
+        lines += [
+            table(summaries),
+            "",
+            "Measured: " + ", ".join(f"{s['workload']} {s['date']}" for s in summaries),
+            "",
+        ]
+    if "scaling" in found:
+        lines += [
+            f"SFT-LoRA scaling (tunelab, {found['scaling']['date']}):",
+            "",
+            scaling_table(found["scaling"]),
+            "",
+        ]
+    return "\n".join([*lines, f"MFU: {MFU_FORMULA}"]) + "\n"
+
+
 def main(argv=None) -> None:
     names = [*workloads(False), "scaling", "sft_settings"]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,15 +256,10 @@ def main(argv=None) -> None:
         summaries.append(summary)
         print(table([summary]).splitlines()[-1], flush=True)
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
-    report = [f"Measured {time.strftime('%Y-%m-%d')} with `{command}`, {rounds} round(s) per workload.", ""]
-    if summaries:
-        report += [table(summaries), ""]
-    if scale:
-        report += ["SFT-LoRA scaling (tunelab):", "", scaling_table(scale), ""]
-    report += [f"MFU: {MFU_FORMULA}"]
-    text = "\n".join(report) + "\n"
+    print(f"\nthis run ({command}):\n\n" + (table(summaries) if summaries else "") + "\n")
+    text = latest(out_dir, names)
     (out_dir / "latest.md").write_text(text)
-    print("\n" + text)
+    print(text)
 
 
 if __name__ == "__main__":
