@@ -2,7 +2,7 @@
 
     python -m bench                      # every workload, 2 rounds each: tunelab, TRL, tunelab, TRL
     python -m bench sft_lora grpo        # some of them
-    python -m bench --quick              # few steps, small sizes: a smoke check of the harness (~10 min)
+    python -m bench --quick              # few steps, small sizes, one round: a smoke check (results in $TMPDIR)
     make bench                           # the same as `python -m bench`
 
 Workloads: sft_lora, sft_full, rm, dpo, grpo, gen, scaling. Each side of each round runs in its own
@@ -88,7 +88,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
             ),
             Workload(
                 "gen",
-                "eval generation, greedy, 64 prompts x <= 64 new tokens",
+                f"eval generation, greedy, {16 if quick else 64} prompts x <= {32 if quick else 64} new tokens",
                 "gen",
                 ["tunelab", "hf_batched", "hf_single"],
                 ["--prompts", "16", "--new", "32"] if quick else [],
@@ -224,10 +224,9 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(names)}")
     rounds = a.rounds or (1 if a.quick else 2)
-    out_dir = RESULTS / ("quick" if a.quick else "")
-    log_dir = (
-        Path(tempfile.gettempdir()) / "tunelab-bench" / ("quick" if a.quick else "full")
-    )  # each side's output
+    scratch = Path(tempfile.gettempdir()) / "tunelab-bench"
+    out_dir = scratch / "quick" if a.quick else RESULTS  # a smoke check's numbers stay out of the repository
+    log_dir = scratch / ("quick" if a.quick else "full") / "logs"  # each side's output
     out_dir.mkdir(parents=True, exist_ok=True)
     defined = workloads(a.quick)
     summaries, scale = [], None
