@@ -161,3 +161,67 @@ def test_top_p_filter_is_hf_top_p():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
     for p in (0.3, 0.9, 0.999):
         assert torch.equal(_top_p(logits, p), TopPLogitsWarper(p)(None, logits.clone()))
+
+
+def test_decoding_a_group_from_one_prompt_forward_equals_decoding_the_repeated_prompts():
+    """repeats=G runs each prompt once and repeats its KV cache: the same draws as G copies of the prompt."""
+    from tunelab.generation import decode_dropping_finished, left_padded
+
+    model, tok = lora_model(["q_proj", "v_proj"])
+    prompts = ["the cat sat on the mat and", "x y"]
+    G = 3
+
+    def sample(texts, repeats):
+        torch.manual_seed(5)
+        enc = left_padded(tok, texts)
+        return decode_dropping_finished(
+            model, enc, 8, {7, 11}, tok.pad_token_id, temperature=1.0, repeats=repeats
+        )
+
+    grouped = sample(prompts, G)
+    repeated = sample([p for p in prompts for _ in range(G)], 1)
+    assert grouped[0].shape[0] == len(prompts) * G
+    assert torch.equal(grouped[0], repeated[0])
+    assert torch.allclose(grouped[1], repeated[1], atol=1e-5)
+    assert torch.allclose(grouped[2], repeated[2], atol=1e-4)
+
+
+def test_lora_merged_for_sampling_gives_the_adapter_outputs_and_puts_the_base_weights_back_bit_for_bit():
+    from tunelab.models.adapters import lora_merged
+
+    model, tok = lora_model(["q_proj", "k_proj", "v_proj", "o_proj"])
+    ids = tok(["the cat sat on the mat"], return_tensors="pt")["input_ids"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with lora_merged(model):
+            merged = [m for m in model.modules() if getattr(m, "merged", False)]
+            assert len(merged) == 4 * model.config.num_hidden_layers  # one matmul per layer inside
+            got = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # not a rounding off
+    assert torch.equal(after, want)
+    # an exception inside still puts everything back
+    try:
+        with lora_merged(model):
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_lora_merged_leaves_dora_and_a_disabled_adapter_alone():
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.adapters import lora_merged
+    from tunelab.models.load import load_model
+
+    model, _ = load_model("tiny:llama")
+    dora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with lora_merged(dora):
+        assert not any(getattr(m, "merged", False) for m in dora.modules())
+    model, _ = lora_model(["q_proj"])
+    with model.disable_adapter(), lora_merged(model):
+        assert not any(getattr(m, "merged", False) for m in model.modules())

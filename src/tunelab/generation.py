@@ -99,10 +99,13 @@ def decode_dropping_finished(
     pad_id: int | None,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    repeats: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoding that takes each row (and its KV cache) out of the batch once it has produced an EOS.
 
-    Returns (new tokens, log-prob, entropy), each (B, steps run): tokens are pad after EOS; the log-prob
+    `repeats` > 1 decodes that many continuations of every prompt in `enc` (GRPO's group): the prompts
+    are run once and their KV cache is repeated, rows of a prompt being consecutive (B x repeats rows).
+    Returns (new tokens, log-prob, entropy), each (B x repeats, steps run): tokens are pad after EOS; the log-prob
     of each drawn token and the entropy are those of softmax(logits / temperature) (at temperature 0:
     of the raw logits). HF generate keeps computing finished rows until the last one ends, so a batch
     of short and long answers paid for its longest answer in every row.
@@ -116,7 +119,7 @@ def decode_dropping_finished(
     from tunelab.models.forward import _cache_argument
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    B = ids.shape[0]
+    B = ids.shape[0] * repeats
     new = torch.full((B, max_new_tokens), next(iter(eos)) if pad_id is None else pad_id, dtype=ids.dtype)
     logp = torch.zeros(B, max_new_tokens)
     entropy = torch.zeros(B, max_new_tokens)
@@ -128,11 +131,14 @@ def decode_dropping_finished(
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate: left padding does not count
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = getattr(out, name)
+    logits = out.logits[:, -1].float()  # (live, V)
+    if repeats > 1:  # the prompts' keys and values serve every continuation of them
+        cache.batch_repeat_interleave(repeats)
+        logits, mask, positions = (t.repeat_interleave(repeats, dim=0) for t in (logits, mask, positions))
     rows = torch.arange(B, device=ids.device)  # which original row each live row is
     next_position = positions[:, -1] + 1  # (live,)
     steps = 0
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()  # (live, V)
         if temperature > 0:
             logits = logits / temperature
             token = torch.multinomial(_top_p(logits, top_p).softmax(dim=-1), 1).squeeze(1)
@@ -158,6 +164,7 @@ def decode_dropping_finished(
             use_cache=True,
             **{name: cache},
         )
+        logits = out.logits[:, -1].float()
         next_position = next_position + 1
     return new[:, :steps], logp[:, :steps], entropy[:, :steps]
 

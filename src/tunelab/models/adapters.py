@@ -4,6 +4,8 @@ model for KL and DPO at no memory cost."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from tunelab.errors import TunelabError
@@ -86,3 +88,42 @@ def _init_prompt_from_text(peft_model, tok, text: str, n: int) -> None:
     with torch.no_grad():
         embeddings = peft_model.get_input_embeddings().weight[torch.tensor(ids)]  # (n, H)
         peft_model.prompt_encoder["default"].embedding.weight.copy_(embeddings)
+
+
+@contextmanager
+def lora_merged(model):
+    """LoRA folded into the base weights for forward-only work (sampling), the exact base weights back after.
+
+    Unmerged, every adapted linear layer costs three matmuls and a handful of small ops per forward; in
+    token-by-token decoding at small batch, where each step is bound by reading the weights and by per-op
+    overhead, that was 30-40% of the step (SmolLM2-135M + LoRA q/k/v/o, batch 16: 193 ms a step, 139 ms
+    merged). peft's `unmerge` subtracts the update again, which leaves the frozen weights a rounding error
+    off after every step; here the base weights are saved and copied back instead, bit for bit.
+    Vanilla LoRA on linear layers only; DoRA, LoRA biases, disabled adapters and sharded weights stay as
+    they are (the context does nothing for them).
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from tunelab.models.forward import inner
+
+    layers = [
+        m
+        for m in inner(model).modules()
+        if isinstance(m, LoraLinear)
+        and not m.merged
+        and not m.disable_adapters
+        and not m.lora_variant
+        and not any(m.lora_bias.values())
+        and type(m.get_base_layer().weight).__name__ != "DTensor"
+    ]
+    with torch.no_grad():
+        saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+        for m in layers:
+            m.merge()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, weight in zip(layers, saved, strict=True):
+                m.get_base_layer().weight.copy_(weight)
+                m.merged_adapters.clear()

@@ -56,7 +56,8 @@ def token_logprobs(
 
     target_mask (B, T) marks the tokens to score (completion tokens); position ids follow the attention
     mask, so left-padded prompts give the positions generation used. Logits are divided by the sampling
-    temperature, so these are the log-probs of the distribution the tokens were drawn from.
+    temperature, so these are the log-probs of the distribution the tokens were drawn from. The entropy
+    carries no gradient.
     Rows that share their prompt (GRPO / RLOO groups) have the prompt computed once: see `shared_prompts`.
     """
     predicts = torch.zeros_like(target_mask, dtype=torch.bool)  # (B, T) position t scores token t+1
@@ -95,7 +96,8 @@ def token_logprobs(
     logits = logits.reshape(-1, logits.shape[-1]).float() / temperature  # (K, V)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(1, targets[:, None]).squeeze(1)  # (K,)
-    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (K,)
+    with torch.no_grad():  # a statistic: no loss uses it, so its (K, V) graph is not kept for backward
+        entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (K,)
     if order is not None:  # back to row-major target order
         logp, entropy = logp[order], entropy[order]
     values = None

@@ -28,6 +28,7 @@ from torch import Tensor
 from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.losses import policy as P
+from tunelab.models.adapters import lora_merged
 from tunelab.models.forward import token_logprobs
 from tunelab.train.dist import SINGLE
 
@@ -180,15 +181,16 @@ class RolloutSource:
         """(sequences (N, P + C), prompt_mask (N, P), (log-prob, entropy) of each generated position under
         the sampling distribution softmax(raw logits / temperature), (N, C) each)."""
         cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
-        texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples for _ in range(G)]
-        enc = left_padded(tok, texts).to(self.policy.device)
+        texts = [prompt_text(tok, e["prompt"], self.opts) for e in examples]
+        enc = left_padded(tok, texts).to(self.policy.device)  # one row per prompt
         temperature = cfg.rollout.temperature
         synced = self.dist.sharded and self.dist.world > 1  # FSDP: every rank runs every forward
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), lora_merged(self.policy):
             torch.manual_seed(seed)
             if not cfg.rollout.stop and not synced and drops_finished_rows(self.policy):
-                # completions that stopped leave the batch (generate computes them to the end): see
-                # decode_dropping_finished; log-probs and entropies come per step, not as (N, C, V) logits
+                # each prompt's forward is run once for its G completions, and completions that stopped
+                # leave the batch (generate computes them to the end): see decode_dropping_finished;
+                # log-probs and entropies come per step, not as (N, C, V) logits
                 new, logp, entropy = decode_dropping_finished(
                     self.policy,
                     enc,
@@ -197,9 +199,12 @@ class RolloutSource:
                     tok.pad_token_id,
                     temperature,
                     cfg.rollout.top_p,
+                    repeats=G,
                 )
+                enc = {k: v.repeat_interleave(G, dim=0) for k, v in enc.items()}  # (N, P)
                 sequences = torch.cat([enc["input_ids"], new], dim=1)
             else:  # stop strings, prompt tuning (no cache), FSDP, or logit options only generate applies
+                enc = {k: v.repeat_interleave(G, dim=0) for k, v in enc.items()}  # (N, P)
                 out = self.policy.generate(
                     **enc,
                     do_sample=True,
