@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.data.render import RenderOptions, prompt_text
+from tunelab.models.adapters import lora_merged
 
 
 def left_padded(tok, texts: list[str]):
@@ -191,7 +192,8 @@ def complete(
     """(completion, prompt tokens, completion tokens) for already-rendered prompt texts, in one batch."""
     enc = left_padded(tok, texts).to(model.device)
     sampling = temperature > 0
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+    # LoRA merged while decoding: one matmul per adapted layer instead of three (models/adapters.py)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None), lora_merged(model):
         if seed is not None:
             torch.manual_seed(seed)
         options = dict(
