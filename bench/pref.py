@@ -41,7 +41,6 @@ def rows_for(a) -> list[dict]:
 
 def tunelab_side(a) -> dict:
     from tunelab.config import load_config
-    from tunelab.data.pairs import pair_batches
     from tunelab.models.load import load_model
     from tunelab.schema import DPOConfig, RMConfig
     from tunelab.stages import dpo, rm
@@ -73,14 +72,14 @@ def tunelab_side(a) -> dict:
         rows = stage.read_dataset(cfg.data.train, "preference")
         if a.task == "rm":
             pairs, _ = rm.render_pairs(rows, tok, cfg)
-            source = pair_batches(pairs, a.batch, tok.pad_token_id, cfg.seed)
+            source = rm.train_batches(pairs, tok, cfg)
             shapes = [
                 ([len(pairs[i].chosen) for i in b] + [len(pairs[i].rejected) for i in b], 0)
                 for b in source._batches(0)
             ]
         else:
             pairs = dpo.render_pairs(rows, tok, cfg)
-            source = dpo.dpo_batches(pairs, a.batch, tok.pad_token_id, cfg.seed)
+            source = dpo.train_batches(pairs, tok, cfg)
             shapes = [
                 (
                     [len(pairs[i][k].input_ids) for k in (0, 1) for i in b],

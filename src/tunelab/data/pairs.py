@@ -82,8 +82,17 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> PairBatch:
     )
 
 
-def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True):
-    """Pairs shuffled per epoch, `batch_size` pairs per micro-batch."""
+def pair_batches(
+    pairs: list[Pair],
+    batch_size: int,
+    pad_id: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    group_by_length: bool = False,
+):
+    """Pairs shuffled per epoch, `batch_size` pairs per micro-batch; with `group_by_length`, pairs of
+    similar length share a micro-batch (its rows are padded to the longer answer of its longest pair)."""
     from tunelab.data.sources import Shuffled
 
-    return Shuffled(pairs, batch_size, lambda chunk: collate_pairs(chunk, pad_id), seed, shuffle)
+    lengths = [max(len(p.chosen), len(p.rejected)) for p in pairs] if group_by_length else None
+    return Shuffled(pairs, batch_size, lambda chunk: collate_pairs(chunk, pad_id), seed, shuffle, lengths)

@@ -51,14 +51,25 @@ def dpo_batches(
     pad_id: int,
     seed: int = 0,
     shuffle: bool = True,
+    group_by_length: bool = False,
 ):
-    """(chosen, rejected) pairs shuffled per epoch; a micro-batch holds the chosen rows, then the rejected."""
+    """(chosen, rejected) pairs shuffled per epoch; a micro-batch holds the chosen rows, then the rejected.
+    With `group_by_length`, pairs of similar length (the longer of the two rows) share a micro-batch."""
+    lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in pairs] if group_by_length else None
     return Shuffled(
         pairs,
         batch_size,
         lambda chunk: DPOBatch(collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id)),
         seed,
         shuffle,
+        lengths,
+    )
+
+
+def train_batches(pairs, tok, cfg: DPOConfig):
+    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length."""
+    return dpo_batches(
+        pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed, group_by_length=cfg.data.group_by_length
     )
 
 
@@ -129,7 +140,7 @@ def main(cfg: DPOConfig) -> Path:
             render_pairs(held_rows, tok, cfg), cfg.train.batch_size, tok.pad_token_id, shuffle=False
         ).all()
         report["eval pairs"] = len(held_rows)
-    batches = dpo_batches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
+    batches = train_batches(pairs, tok, cfg)
     return train(
         model,
         tok,

@@ -50,6 +50,13 @@ def render_pairs(rows, tok, cfg: RMConfig):
     return pairs, n_cut
 
 
+def train_batches(pairs, tok, cfg: RMConfig):
+    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length."""
+    return pair_batches(
+        pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed, group_by_length=cfg.data.group_by_length
+    )
+
+
 @torch.no_grad()
 def calibration(model, batches: list[PairBatch], seed: int = 0, bins: int = 10) -> dict:
     """Reliability of P(x > y) = sigmoid(r_x - r_y) on held-out pairs, each shown in a random order."""
@@ -119,7 +126,7 @@ def main(cfg: RMConfig) -> Path:
         held, _ = render_pairs(held_rows, tok, cfg)
         eval_batches = pair_batches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
         report["eval pairs"] = len(held)
-    batches = pair_batches(pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed)
+    batches = train_batches(pairs, tok, cfg)
     run = train(
         model,
         tok,
