@@ -11,6 +11,7 @@ from torch import Tensor
 
 from tunelab.data.batch import LMBatch
 from tunelab.data.render import IGNORE
+from tunelab.models.packed_groups import packable, packed_group_logits
 
 
 def inner(model):
@@ -72,7 +73,9 @@ def token_logprobs(
         else shared_prompts(model, input_ids, attention_mask, target_mask)
     )
     order = None
-    if shared is not None:
+    if shared is not None and packable(model, attention_mask, target_mask, *shared):
+        logits, targets = packed_group_logits(model, input_ids, attention_mask, predicts, next_ids, *shared)
+    elif shared is not None:
         logits, targets, order = _shared_prompt_logits(
             model, input_ids, attention_mask, position_ids, predicts, next_ids, *shared
         )
