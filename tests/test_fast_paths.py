@@ -48,7 +48,7 @@ def test_shared_prompt_logprobs_equal_the_plain_forward_and_its_gradients(monkey
     model, tok = lora_model(["q_proj", "k_proj", "v_proj", "o_proj"])
     model.train()
     ids, mask, target = grouped_rollout(tok)
-    shared = forward.shared_prompts(model, ids, mask, target)
+    shared = forward.shared_prompts(ids, mask, target)
     assert shared is not None  # a fast path applies here
     assert forward.packable(model, mask, target, *shared)
     if path == "kv_cache":
@@ -79,13 +79,13 @@ def test_rows_that_do_not_share_prompts_take_the_plain_path():
 
     model, tok = lora_model(["q_proj"])
     ids, mask, target = grouped_rollout(tok, groups=2, group=1)
-    assert forward.shared_prompts(model, ids, mask, target) is None
+    assert forward.shared_prompts(ids, mask, target) is None
     ids, mask, target = grouped_rollout(tok, groups=2, group=3)
     ids[1, -3] = 7  # a completion token differs: the prompts are still shared
-    P, heads, group_of_row = forward.shared_prompts(model, ids, mask, target)
+    P, heads, group_of_row = forward.shared_prompts(ids, mask, target)
     assert heads.tolist() == [0, 3] and group_of_row.tolist() == [0, 0, 0, 1, 1, 1]
     ids[1, P - 1] = (ids[1, P - 1] + 1) % 300  # a prompt token differs: groups 0 | 1 | 2 | 3-5
-    assert forward.shared_prompts(model, ids, mask, target) is None  # more than half as many prompts as rows
+    assert forward.shared_prompts(ids, mask, target) is None  # more than half as many prompts as rows
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama+lora"])
