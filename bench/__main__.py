@@ -3,12 +3,14 @@
     python -m bench                      # every workload, 2 rounds each: tunelab, TRL, tunelab, TRL
     python -m bench sft_lora grpo        # some of them
     python -m bench --quick              # few steps, small sizes, one round: a smoke check (results in $TMPDIR)
+    python -m bench --omp-wait passive   # on a machine that other jobs keep busy
     make bench                           # the same as `python -m bench`
 
 Workloads: sft_lora, sft_full, rm, dpo, grpo, gen, scaling. Each side of each round runs in its own
 process (its peak RSS from os.wait4); the sides alternate A B A B so a shared machine's drift falls on
 both; the fp32 matmul peak is measured before and after every round. Figures are medians over rounds.
-Writes bench/results/<workload>.json and bench/results/latest.md (the newest result of every workload)\nand prints the table;
+Writes bench/results/<workload>.json and bench/results/latest.md (the newest result of every workload)
+and prints the table;
 each side's output goes to $TMPDIR/tunelab-bench/.
 Needs the `bench` extra: pip install -e '.[bench]' (TRL), with torch pinned as in the Makefile.
 """
@@ -23,9 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import CHILD_ENV, MFU_FORMULA, RESULTS, Workload, matmul_peak, run_side, summarise, table
-
-os.environ.update(CHILD_ENV)  # the parent's matmul peak is measured under the children's environment
+from bench.harness import (
+    CHILD_ENV,
+    MFU_FORMULA,
+    OMP_WAIT,
+    RESULTS,
+    Workload,
+    matmul_peak,
+    run_side,
+    summarise,
+    table,
+)
 
 # Each side's fastest SFT setting found here (`python -m bench sft_settings`; bench/results/sft_settings.json):
 # TRL without gradient checkpointing and padding-free (rows laid end to end; under SDPA transformers keeps
@@ -218,7 +228,15 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--rounds", type=int, default=None, help="A B rounds per workload (default 2; --quick: 1)"
     )
+    ap.add_argument(
+        "--omp-wait",
+        choices=sorted(OMP_WAIT),
+        default="active",
+        help="OpenMP's wait policy for both sides: active (its default) or passive (a machine shared with other jobs)",
+    )
     a = ap.parse_args(argv)
+    # the parent's matmul peak is measured under the children's environment (torch is not loaded yet)
+    os.environ.update({**CHILD_ENV, **OMP_WAIT[a.omp_wait]})
     chosen = a.workloads or names[:-1]  # sft_settings only when asked for
     unknown = [n for n in chosen if n not in names]
     if unknown:
@@ -250,7 +268,7 @@ def main(argv=None) -> None:
                 )
                 runs.append(run)
             peaks.append(matmul_peak())
-        summary = summarise(work, runs, peaks)
+        summary = {**summarise(work, runs, peaks), "omp_wait": a.omp_wait}
         (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
         summaries.append(summary)
         print(table([summary]).splitlines()[-1], flush=True)

@@ -19,14 +19,17 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
-# On a CPU shared with other busy processes, OpenMP's default active spin-wait made every small matmul
-# 3-4x slower with 2 threads (a 16x576x1536 GEMM: 3.9 ms active, 1.1 ms passive, measured here while two
-# other jobs ran). Both sides of every comparison run under the same environment, set before torch loads.
+# Both sides of every comparison run under the same environment, set before torch loads.
 CHILD_ENV = {
-    "OMP_WAIT_POLICY": "PASSIVE",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
 }
+# `--omp-wait passive`, for a CPU shared with other busy processes: there OpenMP's default active spin-wait
+# made every small matmul 3-4x slower with 2 threads (a 16x576x1536 GEMM: 3.9 ms active, 1.1 ms passive,
+# measured here while two other jobs ran). On a quiet machine passive waiting costs instead: each of the
+# ~1000 small ops of a decode step wakes the threads (SmolLM2 decode step, batch 16: 113 ms active, 133 ms
+# passive), so the default leaves OpenMP's own setting, which is what a user's run gets.
+OMP_WAIT = {"active": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def emit(result: dict) -> None:
