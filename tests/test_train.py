@@ -297,3 +297,18 @@ def test_text_blocks_overlap_by_one_token_and_cover_the_stream(tiny_llama):
         got
         == [[0, 1, 2, 3, 4, 5, 6, 7], [7, 8, 9, 100, 101, 102, 103, 104], [104, 105, 106, 107, 108, 109]][:2]
     )
+
+
+def test_freed_memory_goes_back_only_once_the_process_has_grown(monkeypatch):
+    # levels held after each step: the first sets the level (100), 111 > 1.1 x 100 trims, the next
+    # step sets it again (130), and 144 > 1.1 x 130 = 143 trims; trimming every step cost ~4 s a step
+    from tunelab.train import process
+
+    held = iter([100, 105, 109, 111, 130, 140, 143, 144])
+    trims = []
+    monkeypatch.setattr(process, "resident_bytes", lambda: next(held))
+    monkeypatch.setattr(process, "_TRIM", trims.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    freed = process.FreedMemory(growth=1.1)
+    assert [freed.release() for _ in range(8)] == [False, False, False, True, False, False, False, True]
+    assert trims == [0, 0]
