@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tunelab.data.batch import real_columns
 from tunelab.errors import TunelabError
+from tunelab.models.by_length import by_length
 from tunelab.models.forward import inner
 
 
@@ -35,6 +37,23 @@ def _seq_cls_model(model):
 
 def rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """(B, T) ids and 0/1 mask -> (B,) scalar rewards.
+
+    Rows of similar length run together, each group padded only to its own longest (models/by_length.py).
+    """
+    last_token_index(attention_mask)  # every row has a token to score
+
+    def run(rows: list[int] | None) -> Tensor:
+        if rows is None:
+            return _rewards(model, input_ids, attention_mask)
+        mask = attention_mask[rows]
+        cols = real_columns(mask)
+        return _rewards(model, input_ids[rows, cols], mask[:, cols])
+
+    return by_length(model, attention_mask.sum(dim=1).tolist(), run)
+
+
+def _rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """One forward: (B, T) ids and mask -> (B,) rewards.
 
     The forward goes through `model` itself (under DDP that is what syncs the gradients); its own
     pooled logits are ignored, the score is read from the final hidden state at the last real token.
