@@ -299,16 +299,23 @@ def test_text_blocks_overlap_by_one_token_and_cover_the_stream(tiny_llama):
     )
 
 
-def test_freed_memory_goes_back_only_once_the_process_has_grown(monkeypatch):
-    # levels held after each step: the first sets the level (100), 111 > 1.1 x 100 trims, the next
-    # step sets it again (130), and 144 > 1.1 x 130 = 143 trims; trimming every step cost ~4 s a step
+def test_freed_memory_goes_back_only_when_held_at_rest_beyond_the_earlier_peak(monkeypatch):
+    # after each step: (memory held, peak so far). Trimmed when held exceeds the peak before the step:
+    # step 2 (a longer batch: 130 > 120) and step 5 (growth: 150 > 140); trimming every step cost ~4 s a step
     from tunelab.train import process
 
-    held = iter([100, 105, 109, 111, 130, 140, 143, 144])
+    steps = iter([(100, 120), (130, 140), (110, 140), (135, 140), (150, 155), (120, 155)])
+    now = {}
     trims = []
-    monkeypatch.setattr(process, "resident_bytes", lambda: next(held))
+
+    def held():
+        now["held"], now["peak"] = next(steps)
+        return now["held"]
+
+    monkeypatch.setattr(process, "resident_bytes", held)
+    monkeypatch.setattr(process, "peak_bytes", lambda: now["peak"])
     monkeypatch.setattr(process, "_TRIM", trims.append)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    freed = process.FreedMemory(growth=1.1)
-    assert [freed.release() for _ in range(8)] == [False, False, False, True, False, False, False, True]
+    freed = process.FreedMemory()
+    assert [freed.release() for _ in range(6)] == [False, True, False, False, True, False]
     assert trims == [0, 0]

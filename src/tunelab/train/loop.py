@@ -38,7 +38,7 @@ from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
 from tunelab.train.log import MetricsLog, make_plots
 from tunelab.train.optim import build_optimizer, lr_at
-from tunelab.train.process import Stop, peak_memory_mb, release_freed_memory
+from tunelab.train.process import Stop, peak_memory_mb, release_all_freed_memory, release_freed_memory
 from tunelab.train.report import count_params
 from tunelab.train.run_folder import (
     clear_old_run,
@@ -304,6 +304,7 @@ def train(
             stop.requested = dist.any(stop.requested)  # a signal to one rank stops them all at this step
             if stop.requested or stopped_early:
                 break
+    release_all_freed_memory()
     save_checkpoint()
     if log is not None:
         log.close()

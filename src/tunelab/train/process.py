@@ -67,33 +67,30 @@ def resident_bytes() -> int:
 
 
 class FreedMemory:
-    """Give the steps' freed activations back to the OS (glibc keeps them otherwise) once what the process
-    holds has grown by more than `growth` over what it held after a step.
+    """Give the steps' freed activations back to the OS (glibc keeps them otherwise) when the process
+    holds more at rest, after a step, than its peak before that step: memory it never needed at once.
 
     On CPU, glibc's allocator holds on to freed blocks of every shape a step used, so resident memory
     grew by ~400 MB per step on SmolLM2 until the machine ran out; trimming keeps it near the real peak.
     Trimming after every step cost the next step re-faulting all of it: 3.5-4.3 s of system time in a
     reward-model step of ~30 s (16 answers of <= 283 tokens), while the memory held without trimming
-    stayed flat over 6 steps. So the level held after a step is remembered, and memory is returned only
-    when a later step holds more than `growth` times that; the step after a trim sets the level again.
+    stayed flat over 6 steps. A fixed growth allowance (10% over the level after a step) still trimmed
+    every 2-3 steps, the level moving that much with each batch's shapes. Against the earlier peak, memory
+    is returned while the peak is being set (the first steps, a longer batch) and whenever it grows.
     """
 
-    def __init__(self, growth: float = 1.1):
-        self.growth = growth
-        self.level: int | None = None  # bytes held after the step that followed the last trim
+    def __init__(self):
+        self.peak: int | None = None  # the process's peak resident memory when the last step ended
 
     def release(self) -> bool:
         """Called after every optimizer step; True when it trimmed."""
         if _TRIM is None or torch.cuda.is_available():
             return False
         held = resident_bytes()
-        if self.level is None:
-            self.level = held
-            return False
-        if held <= self.growth * self.level:
+        peak_before, self.peak = self.peak, peak_bytes()
+        if peak_before is None or held <= peak_before:
             return False
         _TRIM(0)
-        self.level = None
         return True
 
 
@@ -103,6 +100,18 @@ _FREED = FreedMemory()
 def release_freed_memory() -> None:
     """After each optimizer step: return freed memory to the OS when the process has grown (FreedMemory)."""
     _FREED.release()
+
+
+def release_all_freed_memory() -> None:
+    """When training ends: what the steps kept for reuse would otherwise stay with the process through
+    saving, evaluation and whatever the caller does next."""
+    if _TRIM is not None and not torch.cuda.is_available():
+        _TRIM(0)
+
+
+def peak_bytes() -> int:
+    """The process's peak resident memory so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def peak_memory_mb() -> float:
