@@ -16,13 +16,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.batch import length_groups
-from tunelab.models.forward import inner
-
-
-def may_split(model) -> bool:
-    """Whether a step may run several forwards before its backward: not under DDP (a wrapper that expects
-    one forward per backward), nor with sharded weights (FSDP: every rank must run the same forwards)."""
-    return inner(model) is model and not any(type(p).__name__ == "DTensor" for p in model.parameters())
+from tunelab.models.forward import plain_weights
 
 
 def by_length(
@@ -36,7 +30,7 @@ def by_length(
     A unit is a row, or rows that must share a forward (a DPO pair: `rows_of`). `run(None)` means the
     whole batch as it is, what runs when one group is best or splitting is not allowed.
     """
-    groups = length_groups(lengths) if may_split(model) else []
+    groups = length_groups(lengths) if plain_weights(model) else []
     if len(groups) <= 1:
         return run(None)
     rows = [[r for unit in group for r in rows_of(unit)] for group in groups]

@@ -75,7 +75,7 @@ def token_logprobs(
     order = None
     if shared is not None and packable(inner(model), attention_mask, target_mask, *shared):
         logits, targets = packed_group_logits(model, input_ids, attention_mask, predicts, next_ids, *shared)
-    elif shared is not None and _plain_weights(model):  # two forwards before one backward: no DDP / FSDP
+    elif shared is not None and plain_weights(model):  # two forwards before one backward: no DDP / FSDP
         logits, targets, order = _shared_prompt_logits(
             model, input_ids, attention_mask, position_ids, predicts, next_ids, *shared
         )
@@ -138,8 +138,9 @@ def shared_prompts(input_ids: Tensor, attention_mask: Tensor, target_mask: Tenso
     return P, heads, torch.cumsum(new_group.long(), dim=0) - 1  # group of each row (B,)
 
 
-def _plain_weights(model) -> bool:
-    """Neither a DDP wrapper nor sharded (FSDP) weights."""
+def plain_weights(model) -> bool:
+    """Neither a DDP wrapper nor sharded (FSDP) weights: a step may then run several forwards before its
+    backward (a DDP wrapper expects one forward per backward; under FSDP every rank must run the same ones)."""
     return inner(model) is model and not any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
@@ -197,7 +198,7 @@ def sequence_logprobs(model, batch: LMBatch) -> Tensor:
     every prompt ends in the same column) run it once: see `_shared_prompt_logp`.
     """
     shared = None
-    if batch.attention_mask.dim() == 2 and not prompt_learning(model)[0] and _plain_weights(model):
+    if batch.attention_mask.dim() == 2 and not prompt_learning(model)[0] and plain_weights(model):
         shared = shared_prompts(batch.input_ids, batch.attention_mask, batch.labels != IGNORE)
     if shared is not None:
         logp = _shared_prompt_logp(model, batch, shared)  # (K,)
