@@ -73,7 +73,7 @@ def token_logprobs(
         else shared_prompts(input_ids, attention_mask, target_mask)
     )
     order = None
-    if shared is not None and packable(inner(model), attention_mask, target_mask, *shared):
+    if shared is not None and packable(inner(model), attention_mask, target_mask, *shared[:2]):
         logits, targets = packed_group_logits(model, input_ids, attention_mask, predicts, next_ids, *shared)
     elif shared is not None and plain_weights(model):  # two forwards before one backward: no DDP / FSDP
         logits, targets, order = _shared_prompt_logits(

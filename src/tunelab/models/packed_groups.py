@@ -35,9 +35,7 @@ MASKABLE = ("sdpa", "eager")
 MAX_PACKED = 4096
 
 
-def packable(
-    model, attention_mask: Tensor, target_mask: Tensor, P: int, heads: Tensor, group_of_row=None
-) -> bool:
+def packable(model, attention_mask: Tensor, target_mask: Tensor, P: int, heads: Tensor) -> bool:
     """Whether the rows fit the layout: attention that takes a 4D mask, each row's tokens after column P
     contiguous from P (right padding only), targets only on attended tokens, and a packed row of at most
     MAX_PACKED positions."""
