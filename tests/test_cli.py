@@ -198,3 +198,43 @@ def test_missing_training_data_is_a_clear_error(cli, tmp_path):
     assert code == 2 and "does not exist" in err
     code, _, err = cli("sft", "model=tiny:llama")
     assert code == 2 and "data.train" in err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "sft", "rm", "rl", "dpo", "eval", "ladder", "quickstart"])
+def test_stage_help_lists_every_config_key(capsys, command):
+    # every leaf key of the command's config class appears in its --help, with its description
+    import importlib
+
+    from tunelab.cli import STAGES, main
+    from tunelab.commands.keys import key_rows
+
+    name = STAGES[command][0] if command in STAGES else "LadderConfig"
+    cls = getattr(importlib.import_module("tunelab.schema"), name)
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    listed = {ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("    ") and ln.split()}
+    rows = key_rows(cls)
+    assert len(rows) > 10
+    assert {key for _, key, _, _ in rows} <= listed
+
+
+def test_sft_help_shows_train_lr_with_its_description_and_default(capsys):
+    from tunelab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("train.lr "))
+    assert "0.0002" in line and "peak learning rate" in line
+    assert "lora.r " in out and "data.train " in out
+
+
+def test_rl_help_shows_the_stages_own_defaults(capsys):
+    from tunelab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("train.schedule "))
+    assert "constant" in line  # RL's own schedule, not the shared section's cosine

@@ -231,3 +231,18 @@ def test_dpo_raises_the_held_out_margin(tmp_path):
     run = dpo.main(cfg)
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_margin" in x]
     assert evals[-1]["eval_margin"] > evals[0]["eval_margin"] + 0.5 and evals[-1]["eval_accuracy"] > 0.9
+
+
+def test_a_reward_module_in_the_current_folder_imports_as_python_m_would(tmp_path, monkeypatch):
+    # `reward=my_rewards:politeness` with my_rewards.py next to where the user runs tunelab
+    import sys
+
+    from tunelab.rl.rewards import build_reward
+
+    (tmp_path / "my_rewards_here.py").write_text(
+        "def politeness(example, completion):\n    return float('please' in completion)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    reward = build_reward("my_rewards_here:politeness")
+    assert reward.total(reward.parts([{"prompt": "x"}], ["yes please"])) == [1.0]

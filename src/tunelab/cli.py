@@ -13,6 +13,7 @@ import sys
 from tunelab import __version__
 from tunelab.commands import quiet_hf, split_config_args
 from tunelab.commands.data import PREP_ACTIONS, cmd_data
+from tunelab.commands.keys import add_keys_help
 from tunelab.commands.ladder import cmd_ladder, cmd_plan, cmd_quickstart
 from tunelab.commands.models import cmd_best_of_n, cmd_generate, cmd_score, cmd_select
 
@@ -137,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage, (_, _, help_text) in STAGES.items():
         p = sub.add_parser(
-            stage, help=help_text, description=f"{help_text}. Example config: configs/{stage}.yaml"
+            stage,
+            help=help_text,
+            description=f"{help_text}. Example config: configs/{stage}.yaml",
+            add_help=False,
         )
+        add_keys_help(p, "tunelab.schema", STAGES[stage][0])
         p.add_argument(
             "config",
             nargs="*",
@@ -240,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     ladder = sub.add_parser(
-        "ladder", help="run every method on one task and compare quality against cost: ladder TASK.yaml"
+        "ladder",
+        help="run every method on one task and compare quality against cost: ladder TASK.yaml",
+        add_help=False,
     )
+    add_keys_help(ladder, "tunelab.schema", "LadderConfig")
     ladder.add_argument(
         "config",
         nargs="*",
@@ -253,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser(
         "quickstart",
         help="the ladder on the embedded SmolLM2-135M and the built-in extraction task (~15 min)",
+        add_help=False,
     )
+    add_keys_help(quick, "tunelab.schema", "LadderConfig")
     quick.add_argument(
         "overrides", nargs="*", metavar="key=value", help="ladder overrides, e.g. eval.limit=20"
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,6 +104,8 @@ def _task_reward(ref: str) -> RewardFn:
 
 def _module_reward(spec: str) -> RewardFn:
     module, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: my_rewards.py in the current folder imports
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
