@@ -38,12 +38,12 @@ def one_process(*args):
     return out
 
 
-def two_processes(*args, check=True, kill_at=0):
+def two_processes(*args, check=True, kill_at=0, nproc=2):
     """torchrun with 2 processes; `kill_at`: SIGKILL rank 0 after that step (torchrun then stops both)."""
     env = dict(_env(), TUNELAB_FAULT_KILL_AT_STEP=str(kill_at)) if kill_at else _env()
     torchrun = Path(sys.executable).with_name("torchrun")
     out = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tunelab", *args],
+        [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "tunelab", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -110,6 +110,15 @@ def one_process_runs(tmp_path_factory):
         return made[adapter]
 
     return get
+
+
+def test_fsdp_on_one_torchrun_process_writes_final(tmp_path, one_process_runs):
+    # torchrun with one process still makes a process group, and accelerate wraps the model in DDP:
+    # final/ must be written from the model inside it (it once failed on 'save_pretrained')
+    args, first = one_process_runs("none")
+    two_processes(*args, "train.batch_size=8", "distributed=fsdp", f"out={tmp_path / 'one'}", nproc=1)
+    assert (tmp_path / "one" / "final" / "model.safetensors").is_file()
+    assert_same_run(first, tmp_path / "one", tol=1e-5)
 
 
 @pytest.mark.parametrize("adapter", ["lora", "none"])

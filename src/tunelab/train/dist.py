@@ -94,7 +94,11 @@ class Dist:
         return self.accelerator.prepare(model, optimizer)
 
     def unwrap(self, model):
-        return model if self.sharded else self.accelerator.unwrap_model(model)
+        """The model itself: FSDP2 shards in place; otherwise accelerate's wrapper (DDP even for one
+        torchrun process) comes off."""
+        if self.sharded and self.world > 1:
+            return model
+        return self.accelerator.unwrap_model(model) if self.accelerator is not None else model
 
     def no_sync(self, model, sync: bool):
         """Gradients are reduced over ranks only on a step's last micro-batch."""
