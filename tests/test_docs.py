@@ -1,0 +1,75 @@
+"""Every shell command in README.md and docs/*.md runs, in the order written, in a fresh copy of the
+repository, on a short budget (tests/helpers/docs.py): a documented command that stops working fails
+the suite. A command fails when it exits non-zero or prints a Python traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.docs import commands_of, shell_blocks, shorten
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHIPPED = ["configs", "examples", "bench", "docs", "README.md", "Makefile", "pyproject.toml"]
+
+
+def test_short_budget_keeps_the_command_and_cuts_its_cost():
+    assert shorten("tunelab sft configs/sft.yaml adapter=none") == (
+        "tunelab sft configs/sft.yaml adapter=none model=tiny:llama train.max_steps=2 "
+        "train.save_every=null train.eval_every=null train.max_len=128"
+    )
+    assert "model=tiny:llama" not in shorten("tunelab eval model=runs/a/final task=extract")
+    assert shorten("tunelab generate smollm2-135m 'hi'") == "tunelab generate tiny:llama 'hi'"
+    assert shorten("ls runs/") == "ls runs/"
+    assert commands_of("tunelab sft \\\n    a=1  # why\n\n# alone\necho '#x'") == ["tunelab sft a=1", "echo '#x'"]
+
+
+def test_every_documented_command_runs(tmp_path):
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in SHIPPED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("results", "__pycache__"))
+        elif src.exists():
+            shutil.copy(src, work / name)
+    (work / ".venv").symlink_to(Path(sys.executable).parents[1])  # `source .venv/bin/activate` works
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(
+        os.environ,
+        PATH=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    env.pop("PYTHONPATH", None)  # as a newcomer's shell: only what the venv has
+    failures, ran = [], 0
+    for page in PAGES:
+        for block in shell_blocks(page):
+            if block.skip:
+                continue
+            for command in block.commands:
+                short = shorten(command)
+                out = subprocess.run(
+                    ["bash", "-c", short], cwd=work, env=env, capture_output=True, text=True, timeout=600
+                )
+                ran += 1
+                if out.returncode != 0 or "Traceback (most recent call last)" in out.stderr + out.stdout:
+                    failures.append(
+                        f"{page.name}:{block.line}: `{command}` exited {out.returncode}\n"
+                        f"{(out.stderr or out.stdout)[-1500:]}"
+                    )
+    print(f"\n{ran} documented commands ran")
+    assert not failures, f"{len(failures)} of {ran} documented commands failed:\n\n" + "\n\n".join(failures)
+    assert ran >= 10
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_skipped_block_says_why(page):
+    for block in shell_blocks(page):
+        assert block.skip is None or block.skip.strip("() "), f"{page.name}:{block.line}: skip without a reason"
