@@ -20,7 +20,8 @@ SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*(.*?)\s*-->")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
 STAGES = ("pretrain", "sft", "rm", "rl", "dpo")
-STAGE_BUDGET = ["train.max_steps=2", "train.save_every=null", "train.eval_every=null", "train.max_len=128"]
+STAGE_BUDGET = ["train.max_steps=2", "train.max_len=128"]  # always: the budget wins over the command's
+STAGE_OFF = ["train.save_every=null", "train.eval_every=null"]  # only where the command does not set them
 EXTRA = {  # per command: keys that cut its budget further
     "rl": ["rl.group=2", "rl.prompts_per_step=1", "rollout.max_new_tokens=4"],
     "eval": ["eval.limit=2", "prompting.cot_max_new_tokens=8", "prompting.samples=2"],
@@ -45,7 +46,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     text: str
     skip: str | None = None  # why it is not run
-    commands: list[str] = field(default_factory=list)
+    commands: list[tuple[str, int]] = field(default_factory=list)  # (command, the exit status it should end with)
 
 
 def shell_blocks(path: Path) -> list[Block]:
@@ -70,14 +71,18 @@ def shell_blocks(path: Path) -> list[Block]:
     return blocks
 
 
-def commands_of(text: str) -> list[str]:
-    """Shell commands of a block: continuation lines joined, comments and blank lines dropped."""
+def commands_of(text: str) -> list[tuple[str, int]]:
+    """Shell commands of a block: continuation lines joined, comments and blank lines dropped.
+
+    A command documented to fail says so in its comment (`# exits 2: ...`); that is its expected status.
+    """
     joined = re.sub(r"\s*\\\n\s*", " ", text)
     out = []
     for line in joined.splitlines():
-        line = _strip_comment(line).strip()
-        if line:
-            out.append(line)
+        command = _strip_comment(line).strip()
+        if command:
+            status = re.search(r"#.*\bexits (\d+)", line[len(_strip_comment(line)) :])
+            out.append((command, int(status.group(1)) if status else 0))
     return out
 
 
@@ -110,7 +115,7 @@ def shorten(command: str) -> str:
         if not re.search(r"(^| )model(\.name)?( |$)", keys):
             extra.append("model=tiny:llama")
         if sub in STAGES:
-            extra += STAGE_BUDGET
+            extra += STAGE_BUDGET + [k for k in STAGE_OFF if k.split("=")[0] not in keys.split()]
         extra += EXTRA.get(sub, [])
     elif sub in ("ladder", "quickstart"):
         if not re.search(r"(^| )model(\.name)?( |$)", keys):
