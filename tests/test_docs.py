@@ -28,6 +28,7 @@ def test_short_budget_keeps_the_command_and_cuts_its_cost():
     assert "model=tiny:llama" not in shorten("tunelab eval model=runs/a/final task=extract")
     assert shorten("tunelab generate smollm2-135m 'hi'") == "tunelab generate tiny:llama 'hi'"
     assert shorten("ls runs/") == "ls runs/"
+    assert commands_of("cat > a.yaml <<'EOF'\nx: 1  # kept\nEOF\nls") == [("cat > a.yaml <<'EOF'\nx: 1  # kept\nEOF", 0), ("ls", 0)]
     assert commands_of("tunelab sft \\\n    a=1  # why\n\n# alone\necho '#x'  # exits 3: no") == [
         ("tunelab sft a=1", 0),
         ("echo '#x'", 3),

@@ -26,6 +26,9 @@ EXTRA = {  # per command: keys that cut its budget further
     "rl": ["rl.group=2", "rl.prompts_per_step=1", "rollout.max_new_tokens=4"],
     "eval": ["eval.limit=2", "prompting.cot_max_new_tokens=8", "prompting.samples=2"],
 }
+# budgets that win over the command's own value; every other key is added only where the command
+# does not set it (`rl.prompts_per_step=2` on 2 processes must stay 2)
+FORCED = {"train.max_steps", "eval.limit", "lora.steps", "full.steps", "prompt_tuning.steps", "rl.steps"}
 LADDER_BUDGET = [
     "eval.limit=4",
     "eval.train_limit=2",
@@ -78,7 +81,17 @@ def commands_of(text: str) -> list[tuple[str, int]]:
     """
     joined = re.sub(r"\s*\\\n\s*", " ", text)
     out = []
-    for line in joined.splitlines():
+    lines = iter(joined.splitlines())
+    for line in lines:
+        heredoc = re.search(r"<<-?\s*'?(\w+)'?", _strip_comment(line))
+        if heredoc:  # `cat > f <<'EOF'` ... `EOF`: one command, its lines kept as written
+            body = []
+            for more in lines:
+                body.append(more)
+                if more.strip() == heredoc.group(1):
+                    break
+            out.append(("\n".join([_strip_comment(line).rstrip(), *body]), 0))
+            continue
         command = _strip_comment(line).strip()
         if command:
             status = re.search(r"#.*\bexits (\d+)", line[len(_strip_comment(line)) :])
@@ -115,10 +128,12 @@ def shorten(command: str) -> str:
         if not re.search(r"(^| )model(\.name)?( |$)", keys):
             extra.append("model=tiny:llama")
         if sub in STAGES:
-            extra += STAGE_BUDGET + [k for k in STAGE_OFF if k.split("=")[0] not in keys.split()]
+            extra += STAGE_BUDGET + STAGE_OFF
         extra += EXTRA.get(sub, [])
     elif sub in ("ladder", "quickstart"):
         if not re.search(r"(^| )model(\.name)?( |$)", keys):
             extra.append("model=tiny:llama")
         extra += LADDER_BUDGET
+    set_here = keys.split()
+    extra = [e for e in extra if e.split("=")[0] in FORCED or e.split("=")[0] not in set_here]
     return command + "".join(f" {shlex.quote(e)}" for e in extra)
