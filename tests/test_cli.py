@@ -213,7 +213,9 @@ def test_stage_help_lists_every_config_key(capsys, command):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0
-    listed = {ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("    ") and ln.split()}
+    listed = {
+        ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("    ") and ln.split()
+    }
     rows = key_rows(cls)
     assert len(rows) > 10
     assert {key for _, key, _, _ in rows} <= listed

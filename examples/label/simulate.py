@@ -60,7 +60,18 @@ def main(project_path: str) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "label", "serve", project_path, "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "tunelab",
+            "label",
+            "serve",
+            project_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,7 +92,12 @@ def main(project_path: str) -> int:
             labelled = 0
             while (showing := _call(base, tokens[name], "/api/next")["showing"]) is not None:
                 choice = _choose(showing, biased=name == names[-1])
-                _call(base, tokens[name], "/api/labels", {"assignment": showing["assignment"], "choice": choice, "reasons": reasons})
+                _call(
+                    base,
+                    tokens[name],
+                    "/api/labels",
+                    {"assignment": showing["assignment"], "choice": choice, "reasons": reasons},
+                )
                 labelled += 1
             print(f"{name}: {labelled} labels")
     finally:

@@ -35,7 +35,7 @@ LADDER_BUDGET = [
     "lora.steps=2",
     "full.steps=2",
     "prompt_tuning.steps=2",
-    "best_of_n.prompts=2",
+    "best_of_n.prompts=4",
     "best_of_n.samples=2",
     "best_of_n.rm.steps=2",
     "rl.steps=1",
@@ -49,7 +49,9 @@ class Block:
     line: int  # of the opening fence, 1-based
     text: str
     skip: str | None = None  # why it is not run
-    commands: list[tuple[str, int]] = field(default_factory=list)  # (command, the exit status it should end with)
+    commands: list[tuple[str, int]] = field(
+        default_factory=list
+    )  # (command, the exit status it should end with)
 
 
 def shell_blocks(path: Path) -> list[Block]:
@@ -67,9 +69,7 @@ def shell_blocks(path: Path) -> list[Block]:
         if match.group(1) in ("bash", "sh", "shell"):
             skip = SKIP.search(lines[start - 1]) if start else None
             text = "\n".join(lines[start + 1 : j])
-            blocks.append(
-                Block(path, start + 1, text, skip.group(1) if skip else None, commands_of(text))
-            )
+            blocks.append(Block(path, start + 1, text, skip.group(1) if skip else None, commands_of(text)))
         i = j + 1
     return blocks
 

@@ -82,6 +82,7 @@ class Zygote:
         env: dict[str, str] | None = None,
         kill_in_save: int | None = None,
         slow_steps: float = 0.0,
+        cwd: Path | None = None,
     ) -> Child:
         """Fork `tunelab ARGV` (output to `log`). `kill_in_save=N`: SIGKILL it halfway through writing
         checkpoint step-N (its weights file written, the rest not). `slow_steps=S`: each optimizer step
@@ -92,6 +93,7 @@ class Zygote:
             "env": env or {},
             "kill_in_save": kill_in_save,
             "slow_steps": slow_steps,
+            "cwd": str(cwd) if cwd else None,
         }
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
@@ -142,6 +144,8 @@ def _child(request: dict) -> None:
     code = 99
     try:
         os.environ.update(request["env"])
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
         log = open(request["log"], "w", buffering=1)
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)

@@ -59,7 +59,9 @@ def key_rows(cls: type[BaseModel], instance: BaseModel | None = None, prefix: st
         if section is not None and not (isinstance(value, str)):
             rows.extend(key_rows(section, value if isinstance(value, BaseModel) else None, f"{key}."))
             continue
-        rows.append((prefix.rstrip(".") or "(top level)", key, _default_text(field, value), field.description or ""))
+        rows.append(
+            (prefix.rstrip(".") or "(top level)", key, _default_text(field, value), field.description or "")
+        )
     return rows
 
 
@@ -88,7 +90,9 @@ def keys_epilog(cls: type[BaseModel], width: int = 100) -> str:
 class KeysHelp(argparse.Action):
     """`-h/--help` that appends the command's config keys before printing (built only when asked)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None, config=None):
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None, config=None
+    ):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
         self.config = config  # (module, class name): imported only when help is shown
 
