@@ -112,7 +112,7 @@ def test_report_files_and_plots(ladder_run):
     _, out = ladder_run
     md = (out / "report.md").read_text()
     assert "Recommendation:" in md and "| lora |" in md
-    assert "vs best [95% CI]" in md and "steps (stopped)" in md and "Closest call" in md or "Resolved" in md
+    assert "vs best [95% CI]" in md and "steps (stopped)" in md and "Resolved as worse" in md
     for plot in (
         "metric_per_rung",
         "metric_vs_cost",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunelab.ladder.curves import last_slope, overtakes, slope_words
 from tunelab.ladder.decide import Candidate, Decision, Rule, decide
-from tunelab.ladder.state import Ladder, RungResult
+from tunelab.ladder.state import Ladder, RungResult, validation_split
 from tunelab.ladder.stats import paired_bootstrap, resolved, rows_to_resolve, spread
 
 COLUMNS = [
@@ -72,6 +72,7 @@ def cells(ladder: Ladder, r: RungResult, vs: dict) -> list[str]:
     d_ret = None if r.retention is None or base.retention is None else r.retention - base.retention
     gap = None if r.train_metric is None else r.train_metric - mean
     diff = vs.get(r.name)
+    is_best = diff is not None and r.name == max(done(ladder), key=lambda d: d.metric[0]).name
     seeds = spread(r.seed_metrics)
     steps = (
         ""
@@ -81,7 +82,7 @@ def cells(ladder: Ladder, r: RungResult, vs: dict) -> list[str]:
     return [
         r.name,
         f"{mean:.2f} [{low:.2f}, {high:.2f}]",
-        "" if diff is None else f"{diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}]",
+        "" if diff is None else "best" if is_best else f"{diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}]",
         "" if seeds is None else f"{seeds[0]:.2f}–{seeds[1]:.2f} ({len(r.seed_metrics)})",
         steps,
         f"{r.train_cpu_s:.0f} ({r.train_seconds:.0f})",
@@ -335,10 +336,10 @@ def plots(ladder: Ladder) -> list[Path]:
 
 def _notes(ladder: Ladder) -> list[str]:
     base, cfg = ladder.base, ladder.cfg
+    n_val = len(validation_split(ladder.task.train, cfg.validation.rows, cfg.validation.share)[1])
     lines = [
-        f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)} (of which "
-        f"{cfg.validation.rows} at most, the last ones, are validation rows the training rungs stop on); "
-        f"model: `{cfg.model.name}`.",
+        f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}, of which the last "
+        f"{n_val} are validation rows the training rungs stop on; model: `{cfg.model.name}`.",
         "Intervals: percentile bootstrap 95%; vs best: the rung minus the best rung on the same rows "
         "(paired bootstrap); seeds: the held-out metric's range over seeds=N trainings.",
         "Steps: optimizer steps run (why training stopped: plateau = the validation metric stopped "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.ladder.state import Ladder, RungResult, rss_mb
+from tunelab.ladder.state import Ladder, RungResult, rss_mb, validation_split
 from tunelab.prompting.lm import user
 
 ADAPTERS = {"prompt_tuning": "prompt", "lora": "lora", "full": "none"}
@@ -61,11 +61,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def split_validation(ladder: Ladder) -> tuple[list[dict], list[dict]]:
     """(rows to train on, validation rows): the last `validation.rows` training rows (at most
     `validation.share` of them) are kept for early stopping; the held-out rows are never touched."""
-    rows, val = ladder.task.train, ladder.cfg.validation
-    n = min(val.rows, int(len(rows) * val.share))
-    if n < 1:
-        raise TunelabError(f"{len(rows)} training rows are too few to carve validation rows from.")
-    return rows[:-n], rows[-n:]
+    val = ladder.cfg.validation
+    return validation_split(ladder.task.train, val.rows, val.share)
 
 
 def training_pairs(ladder: Ladder, rows: list[dict], name: str = "train") -> Path:

@@ -55,6 +55,14 @@ class RungResult:
         return out
 
 
+def validation_split(rows: list[dict], most: int, share: float) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, validation rows): the last min(most, share x len) rows are for early stopping."""
+    n = min(most, int(len(rows) * share))
+    if n < 1:
+        raise TunelabError(f"{len(rows)} training rows are too few to carve validation rows from.")
+    return rows[:-n], rows[-n:]
+
+
 def rss_mb() -> float:
     """This process's resident memory now (Linux), in MB."""
     try:
