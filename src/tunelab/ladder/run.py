@@ -11,7 +11,7 @@ train until their validation metric stops improving, and are then scored here li
 rungs. Every rung is also measured for forgetting (perplexity on general text and a second task,
 before vs after) and, when it trained, for over-fitting (score on training rows minus held-out score).
 The decision is tunelab.ladder.decide's stated rule. Modules: state (what rungs share) <- rungs (each
-rung) and curves <- report (table, plots, decision) <- run (this: the order of things).
+rung), curves, plots <- report (table, decision, files) <- run (this: the order of things).
 """
 
 from __future__ import annotations
