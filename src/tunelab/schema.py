@@ -89,6 +89,9 @@ class TrainSection(Section):
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
     keep_last: int = Field(2, ge=1, description="checkpoints to keep")
     eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
+    max_seconds: float | None = Field(
+        None, gt=0, description="wall-time cap: stop (evaluate, keep the best) once training has run this long"
+    )
     log_every: int = Field(1, ge=1, description="log metrics every N steps")
     guard: GuardSection = Field(default_factory=GuardSection, description="divergence guard")
     early_stop: EarlyStopSection = Field(
@@ -177,10 +180,24 @@ class RewardEvalSection(Section):
     )
 
 
+class TaskEvalSection(Section):
+    task: str | None = Field(
+        None, description="a task (YAML, built-in, reasoning_gym:NAME) whose metric scores greedy answers"
+    )
+    rows: str | None = Field(None, description="validation rows in the task's own fields (JSONL)")
+    patience: int | None = Field(
+        3, ge=1, description="stop when the task metric has not improved for this many evaluations"
+    )
+
+
 class SFTConfig(StageConfig):
     reward_eval: RewardEvalSection = Field(
         default_factory=RewardEvalSection,
         description="every train.eval_every steps: answer held-out prompts, score with a reward model, stop when it stops improving",
+    )
+    task_eval: TaskEvalSection = Field(
+        default_factory=TaskEvalSection,
+        description="every train.eval_every steps: greedy answers to validation rows, scored with a task's metric (eval_task), stop when it stops improving",
     )
 
 
@@ -360,13 +377,50 @@ TRAINING_RUNGS = ("prompt_tuning", "lora", "full")
 
 
 class RungTrain(Section):
-    steps: int = Field(20, ge=1, description="optimizer steps (the rung's training budget)")
+    steps: int = Field(20, ge=1, description="optimizer steps: a cap (training rungs stop earlier on a plateau)")
     lr: float = Field(2e-4, gt=0, description="peak learning rate")
     batch_size: int = Field(8, ge=1, description="rows per step")
+    seconds: float | None = Field(None, gt=0, description="wall-time cap on training (training rungs)")
+    eval_every: int = Field(4, ge=1, description="score the validation rows every N steps (training rungs)")
+    patience: int = Field(3, ge=1, description="evaluations without a better validation metric before stopping")
+
+
+class LadderValidation(Section):
+    rows: int = Field(
+        24, ge=1, description="validation rows carved from the training rows (never the held-out ones)"
+    )
+    share: float = Field(0.2, gt=0, lt=1, description="... and at most this share of the training rows")
+
+
+class LadderUsage(Section):
+    answers: int = Field(
+        10_000, ge=0, description="answers expected in use: turns seconds per answer into a total"
+    )
+
+
+class LadderLimits(Section):
+    memory_mb: float | None = Field(None, gt=0, description="rule out rungs whose peak memory is above this")
+    storage_mb: float | None = Field(None, gt=0, description="rule out rungs that store more than this")
+
+
+class LadderCurves(Section):
+    rungs: list[Literal["prompt_tuning", "lora", "full"]] = Field(
+        default_factory=list, description="training rungs retrained on shares of the training rows"
+    )
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0], description="shares of the training rows (0 < f <= 1)"
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < f <= 1 for f in value):
+            raise ValueError("every fraction must be in (0, 1]")
+        return sorted(set(value))
 
 
 class LadderEvalSection(Section):
-    limit: int = Field(40, ge=1, description="held-out rows every rung is scored on")
+    limit: int = Field(200, ge=1, description="held-out rows every rung is scored on (all, up to this)")
     train_limit: int = Field(
         16, ge=0, description="training rows scored too, for the over-fitting gap (0 = off)"
     )
@@ -430,13 +484,13 @@ class LadderConfig(Section):
         default_factory=PromptingOptions, description="prompting rungs' options"
     )
     prompt_tuning: RungTrain = Field(
-        default_factory=lambda: RungTrain(steps=30, lr=3e-2), description="prompt tuning: 20 virtual tokens"
+        default_factory=lambda: RungTrain(steps=200, lr=3e-2), description="prompt tuning: 20 virtual tokens"
     )
     lora: RungTrain = Field(
-        default_factory=lambda: RungTrain(steps=20, lr=3e-4), description="LoRA r16 on q/k/v/o"
+        default_factory=lambda: RungTrain(steps=200, lr=3e-4), description="LoRA r16 on q/k/v/o"
     )
     full: RungTrain = Field(
-        default_factory=lambda: RungTrain(steps=20, lr=2e-5),
+        default_factory=lambda: RungTrain(steps=200, lr=2e-5),
         description="full fine-tuning (small lr, dropout 0.1)",
     )
     max_len: int = Field(256, ge=16, description="longest training sequence")
@@ -446,7 +500,20 @@ class LadderConfig(Section):
     rl: LadderRL = Field(default_factory=LadderRL, description="GRPO rung")
     retention: LadderRetention = Field(default_factory=LadderRetention, description="forgetting checks")
     tolerance: float = Field(
-        0.05, ge=0, description="recommend the cheapest rung whose metric is within this of the best"
+        0.05,
+        ge=0,
+        description="a rung stays a candidate unless resolved as worse than the best by more than this",
     )
+    target: float | None = Field(None, description="an absolute quality bar: rungs below it are ruled out")
+    cost_margin: float = Field(
+        1.5, ge=1, description="costs within this factor of the lowest count as equal: the next cost decides"
+    )
+    usage: LadderUsage = Field(default_factory=LadderUsage, description="expected use (the cost model)")
+    limits: LadderLimits = Field(default_factory=LadderLimits, description="hard limits that rule rungs out")
+    validation: LadderValidation = Field(
+        default_factory=LadderValidation, description="rows the training rungs stop on"
+    )
+    curves: LadderCurves = Field(default_factory=LadderCurves, description="learning curves over data size")
+    seeds: int = Field(1, ge=1, description="train every training rung with this many seeds (spread reported)")
     seed: int = Field(0, description="seed for every rung")
     out: str | None = Field(None, description="report folder; default runs/ladder-<time>")

@@ -57,10 +57,13 @@ QUICKSTART = [  # budgets that fit `make demo` in 15 minutes on a 2-core CPU, se
     "model=smollm2-135m",
     "task=extract",
     "rungs=[zero_shot,few_shot,prompt_tuning,lora,full]",  # + best_of_n: 4.4 more minutes (README)
-    "prompt_tuning.steps=20",
-    "lora.steps=16",
-    "full.steps=12",
-    "eval.limit=32",
+    *(  # each training rung stops on its validation metric; steps and seconds are caps
+        f"{rung}.{key}={value}"
+        for rung in ("prompt_tuning", "lora", "full")
+        for key, value in (("steps", 40), ("seconds", 150), ("eval_every", 4), ("patience", 2))
+    ),
+    "validation.rows=16",
+    "eval.limit=100",
     "eval.train_limit=8",
     "out=runs/quickstart",
 ]

@@ -1,6 +1,9 @@
-"""The ladder's report: a table, three plots, a recommendation; as report.md and a self-contained report.html.
+"""The ladder's report: a table, plots, the decision and its why; report.md, report.html, results.json.
 
-paths = write_report(ladder)     # {"md": ..., "html": ..., "json": ..., "plots": [...]}
+paths = write_report(ladder)     # {"md": ..., "html": ..., "plots": [...]}
+
+Every rung is compared with the best one on the same held-out rows (paired bootstrap, `vs best`); the
+decision is tunelab.ladder.decide's rule on the rungs' per-row scores and costs.
 """
 
 from __future__ import annotations
@@ -10,16 +13,24 @@ import html
 import json
 from pathlib import Path
 
-from tunelab.ladder.run import Ladder, RungResult
+from tunelab.ladder.curves import last_slope, overtakes, slope_words
+from tunelab.ladder.decide import Candidate, Decision, Rule, decide
+from tunelab.ladder.plots import plots
+from tunelab.ladder.state import Ladder, RungResult, validation_split
+from tunelab.ladder.stats import paired_bootstrap, resolved, rows_to_resolve, spread
 
 COLUMNS = [
     "rung",
     "metric [95% CI]",
-    "train s",
-    "trained params",
-    "stored",
+    "vs best [95% CI]",
+    "seeds min–max",
+    "steps (stopped)",
+    "train CPU s (wall)",
     "peak MB (plan)",
+    "stored",
     "tokens/answer",
+    "s/answer",
+    "trained params",
     "Δ ppl",
     "Δ 2nd task",
     "gap",
@@ -36,7 +47,20 @@ def _signed(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:+.{digits}f}"
 
 
-def cells(ladder: Ladder, r: RungResult) -> list[str]:
+def done(ladder: Ladder) -> list[RungResult]:
+    return [r for r in ladder.results.values() if r.status == "ok" and r.metric and r.scores]
+
+
+def vs_best(ladder: Ladder) -> dict[str, tuple[float, float, float]]:
+    """Each finished rung minus the best one, on the same held-out rows (paired bootstrap)."""
+    rungs = done(ladder)
+    if not rungs:
+        return {}
+    best = max(rungs, key=lambda r: r.metric[0])
+    return {r.name: paired_bootstrap(r.scores, best.scores, seed=ladder.cfg.seed) for r in rungs}
+
+
+def cells(ladder: Ladder, r: RungResult, vs: dict) -> list[str]:
     """One table row; forgetting is after − before (perplexity up, or second-task score down, is forgetting)."""
     if r.status != "ok":
         return [r.name, f"failed: {r.error}"] + [""] * (len(COLUMNS) - 2)
@@ -48,126 +72,160 @@ def cells(ladder: Ladder, r: RungResult) -> list[str]:
     d_ppl = None if r.perplexity is None or base.perplexity is None else r.perplexity - base.perplexity
     d_ret = None if r.retention is None or base.retention is None else r.retention - base.retention
     gap = None if r.train_metric is None else r.train_metric - mean
+    diff = vs.get(r.name)
+    is_best = diff is not None and r.name == max(done(ladder), key=lambda d: d.metric[0]).name
+    seeds = spread(r.seed_metrics)
+    steps = (
+        ""
+        if r.steps_run is None
+        else f"{r.steps_run} ({r.stopped}" + (f", best {r.best_step})" if r.best_step else ")")
+    )
     return [
         r.name,
         f"{mean:.2f} [{low:.2f}, {high:.2f}]",
-        f"{r.train_seconds:.0f}",
-        f"{r.trainable_params:,}",
-        _size(r.stored_bytes),
+        "" if diff is None else "best" if is_best else f"{diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}]",
+        "" if seeds is None else f"{seeds[0]:.2f}–{seeds[1]:.2f} ({len(r.seed_metrics)})",
+        steps,
+        f"{r.train_cpu_s:.0f} ({r.train_seconds:.0f})",
         peak,
+        _size(r.stored_bytes),
         "" if r.tokens_per_example is None else f"{r.tokens_per_example:.0f}",
+        "" if r.seconds_per_example is None else f"{r.seconds_per_example:.3f}",
+        f"{r.trainable_params:,}",
         _signed(d_ppl, 2),
         _signed(d_ret, 2),
         _signed(gap, 2),
     ]
 
 
-def recommend(ladder: Ladder) -> tuple[RungResult | None, str]:
-    """The cheapest rung whose metric is within `tolerance` of the best: cost = training time, then tokens."""
-    done = [r for r in ladder.results.values() if r.status == "ok" and r.metric]
-    if not done:
-        return None, "No rung finished, so there is nothing to recommend."
-    best = max(done, key=lambda r: r.metric[0])
-    tol = ladder.cfg.tolerance
-    good = [r for r in done if r.metric[0] >= best.metric[0] - tol]
-    pick = min(good, key=lambda r: (r.train_seconds, r.tokens_per_example or 0))
-    metric = ladder.task.metric
-    why = (
-        f"**{pick.name}**: {metric} {pick.metric[0]:.2f} [{pick.metric[1]:.2f}, {pick.metric[2]:.2f}], "
-        f"within {tol:.2f} of the best ({best.name}, {best.metric[0]:.2f}), for {pick.train_seconds:.0f} s of "
-        f"training, {_size(pick.stored_bytes)} to store and {pick.tokens_per_example or 0:.0f} tokens per answer."
+def rule(ladder: Ladder) -> Rule:
+    cfg = ladder.cfg
+    return Rule(
+        tolerance=cfg.tolerance,
+        target=cfg.target,
+        memory_mb=cfg.limits.memory_mb,
+        storage_mb=cfg.limits.storage_mb,
+        answers=cfg.usage.answers,
+        cost_margin=cfg.cost_margin,
     )
-    others = [r.name for r in good if r is not pick]
-    if others:
-        why += f" Also within tolerance but costlier: {', '.join(others)}."
-    if best.metric[0] < 0.5:
-        why += " Even the best rung is below 0.5: more data, more steps or a larger model may be needed."
-    return pick, why
 
 
-def plots(ladder: Ladder) -> list[Path]:
-    import matplotlib
+def candidate(r: RungResult) -> Candidate:
+    return Candidate(
+        r.name,
+        r.scores,
+        train_cpu_s=r.train_cpu_s,
+        seconds_per_answer=r.seconds_per_example or 0.0,
+        peak_memory_mb=r.peak_memory_mb or 0.0,
+        stored_bytes=r.stored_bytes,
+        tokens_per_answer=r.tokens_per_example or 0.0,
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    folder = ladder.out / "plots"
-    folder.mkdir(exist_ok=True)
-    done = [r for r in ladder.results.values() if r.status == "ok" and r.metric]
-    metric = ladder.task.metric
-    paths = []
+def recommend(ladder: Ladder) -> Decision:
+    """tunelab.ladder.decide's rule on every finished rung."""
+    return decide([candidate(r) for r in done(ladder)], rule(ladder), ladder.task.metric)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    names = [r.name for r in done]
-    means = [r.metric[0] for r in done]
-    errors = [[r.metric[0] - r.metric[1] for r in done], [r.metric[2] - r.metric[0] for r in done]]
-    colors = ["#8fb3d9" if r.kind == "prompting" else "#e39b5b" for r in done]
-    ax.bar(names, means, yerr=errors, capsize=4, color=colors)
-    ax.set_ylabel(f"{metric} (held out, 95% CI)")
-    ax.set_title(f"{ladder.task.name}: every rung (blue: prompting, orange: training)")
-    ax.set_ylim(0, 1.05)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    paths.append(folder / "metric_per_rung.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in done:
-        x = r.train_seconds + 1  # +1 s so that prompting rungs sit on a log axis
-        ax.errorbar(
-            x,
-            r.metric[0],
-            yerr=[[r.metric[0] - r.metric[1]], [r.metric[2] - r.metric[0]]],
-            fmt="o",
-            capsize=3,
+def resolution_words(ladder: Ladder, vs: dict) -> list[str]:
+    """Which differences from the best the held-out rows resolve, and the rows the closest call needs."""
+    if not vs:
+        return []
+    best = max(done(ladder), key=lambda r: r.metric[0]).name
+    apart = [n for n, (_, lo, hi) in vs.items() if n != best and resolved(lo, hi)]
+    close = [n for n, (_, lo, hi) in vs.items() if n != best and not resolved(lo, hi)]
+    lines = [
+        f"Resolved as worse than {best} on these {len(ladder.rows)} rows: {', '.join(apart) or 'none'}. "
+        f"Not resolved (the interval of the difference holds 0): {', '.join(close) or 'none'}."
+    ]
+    moving = [n for n in close if vs[n][0] != 0]
+    if moving:
+        n = max(moving, key=lambda k: vs[k][0])  # the runner-up: the closest call
+        need = rows_to_resolve(*vs[n], len(ladder.rows))
+        lines.append(
+            f"Closest call: {n} vs {best}, {vs[n][0]:+.2f} [{vs[n][1]:+.2f}, {vs[n][2]:+.2f}]: about "
+            f"{need:,} held-out rows (now {len(ladder.rows)}) would resolve a difference this size."
         )
-        ax.annotate(r.name, (x, r.metric[0]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training cost: seconds (+1) on this machine")
-    ax.set_ylabel(metric)
-    ax.set_title("quality against training cost")
-    fig.tight_layout()
-    paths.append(folder / "metric_vs_cost.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    same = [n for n in close if vs[n][0] == 0]
+    if same:
+        lines.append(f"No difference at all from {best} on these rows: {', '.join(same)}.")
+    return lines
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
-    for r in done:
-        if not r.run_dir:
-            continue
-        rows = [
-            json.loads(line)
-            for line in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
+
+def curve_words(ladder: Ladder) -> list[str]:
+    if not ladder.curves:
+        return []
+    lines = [slope_words(name, last_slope(points)) for name, points in ladder.curves.items()]
+    if "lora" in ladder.curves and "full" in ladder.curves:
+        lines.append(overtakes(ladder.curves["lora"], ladder.curves["full"]))
+    return lines
+
+
+def results_doc(ladder: Ladder, decision: Decision, vs: dict) -> dict:
+    """results.json: one object per rung, the recommendation and the curves, for scripts."""
+    from tunelab.eval.stats import bootstrap_ci
+
+    r_ = rule(ladder)
+    rungs = []
+    for r in ladder.results.values():
+        row = r.as_dict()
+        if r.metric:
+            row["metric"] = dict(zip(("value", "low", "high"), r.metric, strict=True))
+        d = vs.get(r.name)
+        row["vs_best"] = None if d is None else dict(zip(("diff", "low", "high"), d, strict=True))
+        row["costs"] = (
+            None
+            if not r.scores
+            else {
+                "train_cpu_s": r.train_cpu_s,
+                "train_wall_s": r.train_seconds,
+                "peak_memory_mb": r.peak_memory_mb,
+                "stored_bytes": r.stored_bytes,
+                "tokens_per_answer": r.tokens_per_example,
+                "seconds_per_answer": r.seconds_per_example,
+                "answers": r_.answers,
+                "compute_s": candidate(r).train_cpu_s + r_.answers * (r.seconds_per_example or 0.0),
+            }
+        )
+        row["ruled_out"] = decision.ruled_out.get(r.name)
+        rungs.append(row)
+    curves = {
+        name: [
+            {
+                "rows": p.rows,
+                "metric": dict(zip(("value", "low", "high"), bootstrap_ci(p.scores), strict=True)),
+            }
+            for p in points
         ]
-        points = [(row["step"], row["loss"]) for row in rows if isinstance(row.get("loss"), float)]
-        if points:
-            ax.plot(*zip(*points), label=r.name)
-            drawn = True
-    if drawn:
-        ax.legend()
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("training curves")
-    fig.tight_layout()
-    paths.append(folder / "training_curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+        for name, points in ladder.curves.items()
+    }
+    return {
+        "base": ladder.base.as_dict() if ladder.base else None,
+        "rungs": rungs,
+        "recommendation": {"rung": decision.pick, "why": decision.why.replace("**", "")},
+        "curves": curves,
+        "rule": vars(r_),
+        "held_out_rows": len(ladder.rows),
+    }
 
 
 def _notes(ladder: Ladder) -> list[str]:
-    base = ladder.base
+    base, cfg = ladder.base, ladder.cfg
+    n_val = len(validation_split(ladder.task.train, cfg.validation.rows, cfg.validation.share)[1])
     lines = [
-        f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}; model: `{ladder.cfg.model.name}`.",
-        "Intervals: percentile bootstrap 95%. Train s: every second spent making the rung (sampling, "
-        "training; rl and best_of_n with policy=sft include the SFT rung they start from). Stored: weight files beyond the "
-        "base model. Peak MB: the training process's peak resident memory (plan's estimate in brackets); "
-        "for prompting rungs, this process's memory.",
+        f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}, of which the last "
+        f"{n_val} are validation rows the training rungs stop on; model: `{cfg.model.name}`.",
+        "Intervals: percentile bootstrap 95%; vs best: the rung minus the best rung on the same rows "
+        "(paired bootstrap); seeds: the held-out metric's range over seeds=N trainings.",
+        "Steps: optimizer steps run (why training stopped: plateau = the validation metric stopped "
+        "improving, time = `<rung>.seconds`, steps = the `<rung>.steps` cap; final/ is the best checkpoint). "
+        "Train CPU s: the child processes' CPU seconds (stable on a shared machine), wall seconds in "
+        "brackets; rl and best_of_n with policy=sft include the SFT rung they start from.",
+        "Stored: weight files beyond the base model. Peak MB: the training process's peak resident memory "
+        "(plan's estimate in brackets); for prompting rungs, this process's memory. s/answer: wall seconds "
+        "per held-out answer in batches of " + str(cfg.eval.batch_size) + ".",
         f"Forgetting: Δ = after − before, on general text perplexity (base {base.perplexity:.2f}; higher = "
-        f"forgot more) and on the second task `{ladder.cfg.retention.task}` (base "
+        f"forgot more) and on the second task `{cfg.retention.task}` (base "
         f"{base.retention if base.retention is not None else float('nan'):.2f}; lower = forgot more). "
         "Gap (over-fitting): score on training rows − held-out score.",
     ]
@@ -177,32 +235,75 @@ def _notes(ladder: Ladder) -> list[str]:
     return lines
 
 
+RULE_WORDS = (
+    "Decision rule: rule out rungs over limits.memory_mb / limits.storage_mb or below target; then those "
+    "resolved as worse than the best by more than tolerance (paired interval wholly below −tolerance); "
+    "then dominated ones (not worse on the metric, no costlier on any of compute, peak memory, storage, "
+    "tokens per answer, cheaper on one). Among the rest, axis by axis in that order, keep the rungs within "
+    "cost_margin× the lowest cost; compute = training CPU s + usage.answers × s/answer."
+)
+
+
+def _sections(ladder: Ladder, decision: Decision, vs: dict) -> list[tuple[str, list[str]]]:
+    """(heading, lines) of the report's text, the same in report.md and report.html."""
+    r = rule(ladder)
+    settings = (
+        f"tolerance={r.tolerance:g}, target={r.target}, cost_margin={r.cost_margin:g}, "
+        f"usage.answers={r.answers:,}, limits.memory_mb={r.memory_mb}, limits.storage_mb={r.storage_mb}."
+    )
+    out = [f"{name}: {why}." for name, why in decision.ruled_out.items()]
+    return [
+        ("How sure", resolution_words(ladder, vs)),
+        ("Decision", [RULE_WORDS + " " + settings, *(["Ruled out: " + " ".join(out)] if out else [])]),
+        ("Learning curves", curve_words(ladder)),
+        ("Notes", _notes(ladder)),
+    ]
+
+
 def write_report(ladder: Ladder) -> dict:
-    pick, why = recommend(ladder)
+    decision, vs = recommend(ladder), vs_best(ladder)
     images = plots(ladder)
-    rows = [cells(ladder, r) for r in ladder.results.values()]
-    md = [f"# Ladder: {ladder.cfg.model.name} on {ladder.task.name}", "", f"Recommendation: {why}", ""]
+    rows = [cells(ladder, r, vs) for r in ladder.results.values()]
+    sections = [(h, lines) for h, lines in _sections(ladder, decision, vs) if lines]
+    (ladder.out / "results.json").write_text(json.dumps(results_doc(ladder, decision, vs), indent=1))
+    md = [
+        f"# Ladder: {ladder.cfg.model.name} on {ladder.task.name}",
+        "",
+        f"Recommendation: {decision.why}",
+        "",
+    ]
     md += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    md += [""] + [f"- {line}" for line in _notes(ladder)] + [""]
-    md += [f"![{p.stem}](plots/{p.name})" for p in images]
+    for heading, lines in sections:
+        md += ["", f"## {heading}", ""] + [f"- {line}" for line in lines]
+    md += [""] + [f"![{p.stem}](plots/{p.name})" for p in images]
     (ladder.out / "report.md").write_text("\n".join(md) + "\n")
+    (ladder.out / "report.html").write_text(_html(ladder, decision, rows, sections, images))
+    return {"md": ladder.out / "report.md", "html": ladder.out / "report.html", "plots": images}
 
+
+def _html(ladder: Ladder, decision: Decision, rows: list, sections: list, images: list[Path]) -> str:
     def img(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<figure><img alt="{path.stem}" src="data:image/png;base64,{data}"><figcaption>{path.stem}</figcaption></figure>'
 
     table = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"
     for row, r in zip(rows, ladder.results.values(), strict=True):
-        cls = ' class="pick"' if pick is r else ""
+        cls = ' class="pick"' if decision.pick == r.name else ""
         table += f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-    recommendation = html.escape(why).replace("**", "")
-    page = f"""<!doctype html>
+    text = "".join(
+        f"<h2>{html.escape(h)}</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        + "</ul>"
+        for h, lines in sections
+    )
+    recommendation = html.escape(decision.why).replace("**", "")
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunelab ladder: {html.escape(ladder.task.name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }}
-table {{ border-collapse: collapse; font-size: 0.9rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }}
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1400px; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 tr.pick {{ background: #e8f5e1; font-weight: 600; }}
 .rec {{ background: #f4f8fb; border-left: 4px solid #4a90c2; padding: 0.6rem 1rem; }}
@@ -211,12 +312,10 @@ figure {{ display: inline-block; margin: 1rem 1rem 0 0; }} img {{ max-width: 560
 <h1>Ladder: {html.escape(ladder.cfg.model.name)} on {html.escape(ladder.task.name)}</h1>
 <p class="rec">Recommendation: {recommendation}</p>
 <table>{table}</table>
-<ul>{"".join(f"<li>{html.escape(line)}</li>" for line in _notes(ladder))}</ul>
+{text}
 {"".join(img(p) for p in images)}
 </body></html>
 """
-    (ladder.out / "report.html").write_text(page)
-    return {"md": ladder.out / "report.md", "html": ladder.out / "report.html", "plots": images}
 
 
 def print_table(ladder: Ladder, console) -> None:
@@ -227,13 +326,16 @@ def print_table(ladder: Ladder, console) -> None:
 
     if not console.is_terminal:
         console = table_console()
-
+    vs = vs_best(ladder)
     table = Table(
         title=f"ladder: {ladder.cfg.model.name} on {ladder.task.name} ({ladder.task.metric}, held out)"
     )
     for c in COLUMNS:
         table.add_column(c, justify="left" if c == "rung" else "right")
     for r in ladder.results.values():
-        table.add_row(*cells(ladder, r))
+        table.add_row(*cells(ladder, r, vs))
     console.print(table)
-    console.print("recommendation: " + recommend(ladder)[1].replace("**", ""))
+    decision = recommend(ladder)
+    for line in resolution_words(ladder, vs) + curve_words(ladder):
+        console.print(line)
+    console.print("recommendation: " + decision.why.replace("**", ""))

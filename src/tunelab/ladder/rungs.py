@@ -4,6 +4,9 @@ prompting rungs   zero_shot, rules, cot, reflection, few_shot, self_consistency:
 prompt_tuning     `tunelab sft adapter=prompt` (20 virtual tokens; the model frozen)
 lora              `tunelab sft adapter=lora` (r16 on q/k/v/o)
 full              `tunelab sft adapter=none` (small learning rate, dropout 0.1)
+                  each SFT rung trains until its task metric on validation rows (carved from the
+                  training rows, never the held-out ones) stops improving; `<rung>.steps` and
+                  `<rung>.seconds` are caps, final/ is the best checkpoint; seeds=N trains N times
 best_of_n         a reward model trained on pairs of the best SFT rung's own samples, ranked by the
                   task metric (no human labels needed); then best-of-n sampling from that SFT model
 rl                GRPO with the task metric as reward, starting from the best LoRA / full SFT model
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.ladder.run import Ladder, RungResult, rss_mb
+from tunelab.ladder.state import Ladder, RungResult, rss_mb, validation_split
 from tunelab.prompting.lm import user
 
 ADAPTERS = {"prompt_tuning": "prompt", "lora": "lora", "full": "none"}
@@ -55,16 +58,25 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path.resolve()
 
 
-def training_pairs(ladder: Ladder) -> Path:
-    """The task's training rows as prompt/completion pairs, rendered with the task's template."""
-    path = ladder.out / "data" / "train.jsonl"
+def split_validation(ladder: Ladder) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, validation rows): the last `validation.rows` training rows (at most
+    `validation.share` of them) are kept for early stopping; the held-out rows are never touched."""
+    val = ladder.cfg.validation
+    return validation_split(ladder.task.train, val.rows, val.share)
+
+
+def training_pairs(ladder: Ladder, rows: list[dict], name: str = "train") -> Path:
+    """Task rows as prompt/completion pairs, rendered with the task's template."""
+    path = ladder.out / "data" / f"{name}.jsonl"
     if not path.exists():
-        rows = [
-            {"prompt": ladder.task.prompt(r), "completion": ladder.task.reference(r)}
-            for r in ladder.task.train
-        ]
-        _write_jsonl(path, rows)
+        pairs = [{"prompt": ladder.task.prompt(r), "completion": ladder.task.reference(r)} for r in rows]
+        _write_jsonl(path, pairs)
     return path.resolve()
+
+
+def _task_ref(ladder: Ladder) -> str:
+    ref = ladder.cfg.task
+    return str(Path(ref).resolve()) if Path(ref).exists() else ref
 
 
 def longest_row(ladder: Ladder) -> tuple[int, int]:
@@ -106,29 +118,59 @@ def plan_line(ladder: Ladder, name: str) -> str:
     )
 
 
+def sft_overrides(ladder: Ladder, name: str, data: Path, seed: int) -> list[str]:
+    cfg = ladder.cfg
+    budget = getattr(cfg, name)
+    val = ladder.out / "data" / "validation.jsonl"
+    if not val.exists():
+        val.parent.mkdir(parents=True, exist_ok=True)
+        val.write_text("".join(json.dumps(r, default=str) + "\n" for r in split_validation(ladder)[1]))
+    overrides = [
+        f"model={cfg.model.name}",
+        f"adapter={ADAPTERS[name]}",
+        f"data.train={data}",
+        f"train.max_steps={budget.steps}",  # a cap: the validation metric decides when to stop
+        f"train.lr={budget.lr}",
+        f"train.batch_size={budget.batch_size}",
+        f"train.max_len={cfg.max_len}",
+        f"train.eval_every={budget.eval_every}",
+        f"task_eval.task={_task_ref(ladder)}",
+        f"task_eval.rows={val.resolve()}",
+        f"task_eval.patience={budget.patience}",
+        "train.warmup=0.1",
+        f"seed={seed}",
+    ]
+    if budget.seconds:
+        overrides.append(f"train.max_seconds={budget.seconds}")
+    if name == "lora" and "rl" in cfg.rungs:
+        overrides.append("merge=true")  # RL starts from the merged model, with a fresh adapter
+    if name == "full":
+        overrides.append("model.dropout=0.1")  # the knob against fast over-fitting
+    return overrides
+
+
+def train_rung(
+    ladder: Ladder, name: str, rows: list[dict], *, run_name: str, seed: int, data_name: str = "train"
+) -> RungResult:
+    """Train SFT rung `name` on `rows` and score it on the held-out rows (no forgetting checks)."""
+    plan, _ = estimate(ladder, name)
+    result = RungResult(name, "training", plan_memory_mb=plan.total_mb)
+    overrides = sft_overrides(ladder, name, training_pairs(ladder, rows, data_name), seed)
+    run_dir = ladder.train_child(result, "sft", overrides, getattr(ladder.cfg, name).steps, name=run_name)
+    result.model_ref = str(run_dir / "final")
+    ladder.record(result, ladder.evaluate(result.model_ref, "zero_shot", ladder.rows), name=run_name)
+    return result
+
+
 def sft(name: str):
     def rung(ladder: Ladder) -> RungResult:
-        cfg = ladder.cfg
-        budget = getattr(cfg, name)
-        overrides = [
-            f"model={cfg.model.name}",
-            f"adapter={ADAPTERS[name]}",
-            f"data.train={training_pairs(ladder)}",
-            f"train.max_steps={budget.steps}",
-            f"train.lr={budget.lr}",
-            f"train.batch_size={budget.batch_size}",
-            f"train.max_len={cfg.max_len}",
-            "train.warmup=0.1",
-            f"seed={cfg.seed}",
-        ]
-        if name == "lora" and "rl" in cfg.rungs:
-            overrides.append("merge=true")  # RL starts from the merged model, with a fresh adapter
-        if name == "full":
-            overrides.append("model.dropout=0.1")  # the knob against fast over-fitting
-        plan, _ = estimate(ladder, name)
-        result = RungResult(name, "training", plan_memory_mb=plan.total_mb)
-        run_dir = ladder.train_child(result, "sft", overrides, budget.steps)
-        return ladder.assess(result, str(run_dir / "final"))
+        cfg, rows = ladder.cfg, split_validation(ladder)[0]
+        result = train_rung(ladder, name, rows, run_name=name, seed=cfg.seed)
+        result.seed_metrics = [result.metric[0]]
+        for seed in range(cfg.seed + 1, cfg.seed + cfg.seeds):  # the spread a different seed makes
+            again = train_rung(ladder, name, rows, run_name=f"{name}-seed{seed}", seed=seed)
+            result.seed_metrics.append(again.metric[0])
+        return ladder.assess(result, result.model_ref, held_out=False)
 
     return rung
 
@@ -181,7 +223,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
     start_rung = best_sft(ladder) if bon.policy == "sft" else None
     policy = start_rung.model_ref if start_rung else cfg.model.name
     result = RungResult("best_of_n", "reward", model_ref=policy)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if bon.pairs:  # human (or other) preference pairs given: no sampling
         prefs = Path(bon.pairs).resolve()
         n_pairs = sum(1 for line in prefs.read_text().splitlines() if line.strip())
@@ -194,6 +236,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
             )
         prefs, n_pairs = _write_jsonl(ladder.out / "data" / "preference.jsonl", pairs), len(pairs)
     result.train_seconds += time.perf_counter() - started
+    result.train_cpu_s += time.process_time() - cpu_started
     overrides = [
         f"model={cfg.model.name}",
         "adapter=lora",
@@ -207,6 +250,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
     run_dir = ladder.train_child(result, "rm", overrides, bon.rm.steps, name="reward_model")
     if start_rung:
         result.train_seconds += start_rung.train_seconds
+        result.train_cpu_s += start_rung.train_cpu_s
         result.stored_bytes += start_rung.stored_bytes
     opts = cfg.prompting.model_copy(update={"rm": str(run_dir / "final"), "samples": bon.samples})
 
@@ -255,6 +299,7 @@ def rl(ladder: Ladder) -> RungResult:
     run_dir = ladder.train_child(result, "rl", overrides, cfg.rl.steps)
     if start_rung:
         result.train_seconds += start_rung.train_seconds
+        result.train_cpu_s += start_rung.train_cpu_s
         result.stored_bytes += start_rung.stored_bytes
     result.notes.append(f"GRPO on top of {start_name}")
     return ladder.assess(result, str(run_dir / "final"))

@@ -66,6 +66,10 @@ def main(cfg: SFTConfig) -> Path:
     if pack_len:
         report["packing"] = f"{len(items)} rows in {len(batches.units)} sequences of up to {pack_len} tokens"
     evaluators = [reward_evaluator(cfg, tok, held_rows)] if cfg.reward_eval.rm else None
+    if cfg.task_eval.task:  # the task's own metric on validation rows (the ladder's training rungs)
+        from tunelab.stages.task_eval import task_evaluator
+
+        evaluators = [*(evaluators or []), task_evaluator(cfg, tok)]
     return train(
         model,
         tok,

@@ -231,7 +231,7 @@ def train(
 
     progress = _progress(console, total, state.step)
     started = time.monotonic() - state.elapsed_s
-    stopped_early = False
+    stopped_early = out_of_time = False
     with Stop() as stop, progress:
         task = progress.add_task(stage, total=total, completed=state.step, loss=float("nan"), tps=0.0)
         while state.step < total:
@@ -284,8 +284,9 @@ def train(
                 **dist.mean_dict(_batch_stats(micro)),
                 "step_s": dt,
             }
+            out_of_time = bool(tc.max_seconds and state.elapsed_s >= tc.max_seconds)
             due_eval = bool(eval_batches or evaluators) and (
-                bool(tc.eval_every and state.step % tc.eval_every == 0) or state.step == total
+                bool(tc.eval_every and state.step % tc.eval_every == 0) or state.step == total or out_of_time
             )
             if due_eval:
                 if eval_batches:
@@ -302,12 +303,13 @@ def train(
             if fault_step and state.step == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             stop.requested = dist.any(stop.requested)  # a signal to one rank stops them all at this step
-            if stop.requested or stopped_early:
+            if stop.requested or stopped_early or out_of_time:
                 break
     release_all_freed_memory()
     save_checkpoint()
     if log is not None:
         log.close()
+    stopped = "plateau" if stopped_early else "time" if out_of_time and state.step < total else "steps"
     if stop.requested and state.step < total:
         console.print(
             f"[bold]stopped at step {state.step}/{total}; checkpoint saved.[/bold] Resume with the same "
@@ -337,6 +339,7 @@ def train(
             "total_steps": total,
             "steps_done": state.step,
             "stopped_early": stopped_early,
+            "stopped": stopped,  # plateau (early stopping) | time (train.max_seconds) | steps (the cap)
             "best": state.best,
             "best_step": state.best_step,
             "elapsed_s": state.elapsed_s,
