@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tunelab.config import Section
+from tunelab.config import SEED_MAX, Section
 from tunelab.errors import TunelabError
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -87,7 +87,7 @@ class Thresholds(Section):
         0.2, ge=-1, le=1, description="flag below this mean Cohen's kappa with the other assessors"
     )
     min_evidence: int = Field(
-        3, ge=1, description="a statistic over fewer observations than this flags nobody"
+        3, ge=1, le=1_000_000_000, description="a statistic over fewer observations than this flags nobody"
     )
 
 
@@ -105,13 +105,15 @@ class ExportSection(Section):
         "downweight", description="what happens to pairs on a preference cycle of their prompt"
     )
     downweight: float = Field(0.5, gt=0, le=1, description="weight multiplier for down-weighted pairs")
-    min_votes: int = Field(1, ge=1, description="pairs with fewer usable votes are dropped")
+    min_votes: int = Field(1, ge=1, le=1_000_000_000, description="pairs with fewer usable votes are dropped")
 
 
 class ServerSection(Section):
     host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
-    max_body_bytes: int = Field(16_384, ge=1024, description="larger request bodies are refused with 413")
+    max_body_bytes: int = Field(
+        16_384, ge=1024, le=1 << 30, description="larger request bodies are refused with 413"
+    )
 
 
 class SampleSection(Section):
@@ -119,9 +121,9 @@ class SampleSection(Section):
     systems: dict[str, str] = Field(
         min_length=2, description="system name -> model reference (smollm2-135m, a run's final/, an adapter)"
     )
-    max_new_tokens: int = Field(128, ge=1, description="longest answer in tokens")
-    temperature: float = Field(0.7, ge=0, description="0 = greedy; > 0 samples")
-    seed: int = Field(0, description="sampling seed")
+    max_new_tokens: int = Field(128, ge=1, le=65_536, description="longest answer in tokens")
+    temperature: float = Field(0.7, ge=0, le=100, description="0 = greedy; > 0 samples")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="sampling seed")
 
 
 class ProjectConfig(Section):
@@ -140,7 +142,7 @@ class ProjectConfig(Section):
         min_length=1, description="assessor name -> login token ('env:VAR' reads it from the environment)"
     )
     admin_token: str = Field(description="token for stats and export over HTTP ('env:VAR' allowed)")
-    overlap: int = Field(1, ge=1, description="assessors per item (k)")
+    overlap: int = Field(1, ge=1, le=1_000_000_000, description="assessors per item (k)")
     honeypot_share: float = Field(
         0.1, ge=0, lt=1, description="share of each assessor's queue that is honeypots"
     )
@@ -148,9 +150,9 @@ class ProjectConfig(Section):
         0.1, ge=0, le=1, description="share of an assessor's items shown again later, sides swapped"
     )
     repeat_gap: int = Field(
-        5, ge=1, description="at least this many other items between an item and its repeat"
+        5, ge=1, le=1_000_000_000, description="at least this many other items between an item and its repeat"
     )
-    seed: int = Field(0, description="seed of the assignment, the order and the sides")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the assignment, the order and the sides")
     rulebook: RuleBook = Field(default_factory=RuleBook, description="rules and reasons shown to assessors")
     thresholds: Thresholds = Field(
         default_factory=Thresholds, description="when `label stats` flags an assessor"
