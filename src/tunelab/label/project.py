@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tunelab.config import SEED_MAX, Section
+from tunelab.config import SEED_MAX, Section, read_yaml_text
 from tunelab.errors import TunelabError
+from tunelab.label.auth import confusable_names
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_TOKEN = 12  # characters; shorter tokens are guessable by a patient script
@@ -114,6 +115,17 @@ class ServerSection(Section):
     max_body_bytes: int = Field(
         16_384, ge=1024, le=1 << 30, description="larger request bodies are refused with 413"
     )
+    tls_cert: str | None = Field(None, description="TLS certificate file (PEM): serve HTTPS directly")
+    tls_key: str | None = Field(None, description="the certificate's private key file (PEM)")
+    tls_proxy: bool = Field(
+        False, description="a TLS proxy in front forwards to this server (silences the plain-HTTP warning)"
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ServerSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("server.tls_cert and server.tls_key go together: give both or neither")
+        return self
 
 
 class SampleSection(Section):
@@ -168,6 +180,9 @@ class ProjectConfig(Section):
         for name in assessors:
             if not NAME.match(name):
                 raise ValueError(f"assessor name {name!r} must be 1-64 letters, digits or _.@-")
+        confused = confusable_names(list(assessors))
+        if confused:
+            raise ValueError(f"{confused}; rename one")
         return assessors
 
     @model_validator(mode="after")
@@ -233,9 +248,9 @@ def load_project(path: str | Path) -> Project:
         raise TunelabError(f"Project file '{p}' does not exist.")
     try:
         text = p.read_text(encoding="utf-8")
-        data, tree = yaml.safe_load(text), yaml.compose(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TunelabError(f"Project file '{p}' is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TunelabError(f"Project file '{p}' cannot be read as UTF-8 text: {exc}") from None
+    data = read_yaml_text(text, f"Project file '{p}'")  # bounded; a key set twice is an error
     if not isinstance(data, dict):
         raise TunelabError(
             f"Project file '{p}' must hold a mapping of keys (pairs, assessors, admin_token, ...)."
@@ -243,12 +258,14 @@ def load_project(path: str | Path) -> Project:
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as err:
+        tree = yaml.compose(text)  # safe now: read_yaml_text bounded it
         lines = []
         for e in err.errors():
             loc = tuple(e["loc"])
             line = _line_of(tree, loc) or 1
             key = ".".join(str(x) for x in loc) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].lower()
+            msg = e["msg"].removeprefix("Value error, ")  # keeps the case of names it quotes
+            msg = "unknown key" if e["type"] == "extra_forbidden" else msg[:1].lower() + msg[1:]
             lines.append(f"{p}:{line}: '{key}': {msg}")
         raise TunelabError("Project file error:\n  " + "\n  ".join(lines)) from None
     tokens: dict[str, str] = {}
