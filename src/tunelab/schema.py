@@ -71,6 +71,12 @@ class GuardSection(Section):
         description="skipped updates in a row before rolling back to the last checkpoint",
     )
     lr_factor: float = Field(0.5, gt=0, le=1, description="learning rate multiplier applied at each rollback")
+    max_skipped_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a run that skipped more than this share of its updates ends with an error (1 = never)",
+    )
 
 
 class EarlyStopSection(Section):

@@ -23,7 +23,17 @@ from tunelab.train.dist import Dist
 from tunelab.train.report import write_report
 
 # what a fresh start removes, so that nothing of an older run in the same folder mixes in
-OLD_RUN = ["checkpoints", "final", "best", "merged", "plots", "metrics.jsonl", "report.md", "samples.jsonl"]
+OLD_RUN = [
+    "checkpoints",
+    "final",
+    "best",
+    "merged",
+    "plots",
+    "metrics.jsonl",
+    "report.md",
+    "samples.jsonl",
+    "summary.json",
+]
 
 
 def default_run_dir(stage: str) -> Path:
