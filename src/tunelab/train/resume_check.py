@@ -136,7 +136,7 @@ def check(run_dir: Path, cfg, stage: str, resume_from: Path | None) -> Start:
         (changes if _may_change(key) else fixed)[key] = [before[key], now[key]]
     if fixed:
         what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in fixed.items())
-        where = f"{home} holds a {'finished ' if finished else ''}run trained with other settings"
+        where = f"{home} holds a {'finished ' if _finished(home) else ''}run trained with other settings"
         raise TunelabError(
             f"{where} ({what}). Going on from it would mix two different runs in one folder and one "
             f"report. Either train in a new folder (out=NEW), or start this one again from the beginning, "
