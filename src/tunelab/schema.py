@@ -6,6 +6,7 @@ Keys mean the same in every stage (../shared/DESIGN.md): `model`, `adapter`, `lo
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -188,9 +189,27 @@ class StageConfig(Section):
     @field_validator("out")
     @classmethod
     def _out_is_a_folder(cls, value: str | None) -> str | None:
-        if value and Path(value).is_file():  # checked now: the run would fail only after loading everything
-            raise ValueError(f"out={value} is a file; the run folder must be a folder")
+        return writable_folder(value)
+
+
+def writable_folder(value: str | None) -> str | None:
+    """`out=`: a folder that exists or can be made, and can be written to. Checked when the config is read,
+    before any model loads (a run would otherwise fail only after loading everything)."""
+    if not value:
         return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        raise ValueError(f"out={value} is a file; the run folder must be a folder")
+    probe_in = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not probe_in.is_dir():
+        raise ValueError(f"out={value}: {probe_in} is not a folder, so the run folder cannot be made there")
+    try:  # a real write: permissions, a read-only file system, a full disk or a file-size limit all show
+        with tempfile.TemporaryFile(dir=probe_in) as f:
+            f.write(b"tunelab")
+            f.flush()
+    except OSError as exc:
+        raise ValueError(f"out={value}: cannot write in {probe_in} ({exc.strerror or exc})") from None
+    return value
 
 
 class PretrainConfig(StageConfig):
@@ -392,6 +411,8 @@ class EvalConfig(Section):
     )
     out: str | None = Field(None, description="output folder; default runs/eval-<time>")
 
+    _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))
+
     @property
     def strategies(self) -> list[str]:
         return [self.strategy] if isinstance(self.strategy, str) else list(self.strategy)
@@ -509,3 +530,5 @@ class LadderConfig(Section):
     )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for every rung")
     out: str | None = Field(None, description="report folder; default runs/ladder-<time>")
+
+    _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))

@@ -166,7 +166,7 @@ def train(
     guard = Guard(tc.guard)
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
 
-    resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.print)  # verified, or a message
+    resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.out)  # verified, or a message
     start = resume_check.check(run_dir, cfg, stage, resume_from)  # never go on with other settings
     source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
@@ -175,13 +175,11 @@ def train(
         guard.load_state_dict(state.guard)
         if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
-        console.print(f"resuming from {resume_from} (step {state.step} of {total})")
+        console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # out: no markup in paths
         if start.changes:
-            console.print(
-                f"changed on resume (recorded in history.jsonl): {resume_check.changes_text(start)}"
-            )
+            console.out(f"changed on resume (recorded in history.jsonl): {resume_check.changes_text(start)}")
     if start.finished and state.step >= total:  # a finished run is never rewritten by a rerun
-        console.print(resume_check.nothing_to_do(run_dir))
+        console.out(resume_check.nothing_to_do(run_dir))
         return run_dir
     if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
         clear_old_run(run_dir)
@@ -367,7 +365,7 @@ def train(
         write_summary(run_dir, cfg, summary, n_params, report or {})
     if failed:
         raise guarding.run_failed(failed, run_dir)
-    console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
+    console.out(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
 
 

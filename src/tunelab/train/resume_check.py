@@ -154,8 +154,12 @@ def record(run_dir: Path, step: int, start: Start) -> None:
         "changed": start.changes,
         "settings": start.settings,
     }
-    mode = "a" if step else "w"
-    with open(run_dir / HISTORY, mode) as f:
+    from tunelab.train.run_folder import writing
+
+    with (
+        writing(f"the run history {run_dir / HISTORY}", run_dir),
+        open(run_dir / HISTORY, "a" if step else "w") as f,
+    ):
         f.write(json.dumps(entry) + "\n")
 
 
