@@ -161,7 +161,7 @@ CASES = [
         "cfg_out_is_a_file.yaml",
         ["sft", "{f}", "data.train=ok_pairs.jsonl"],
         "{f}",
-        ["'out': value error, out=ok_pairs.jsonl is a file"],
+        ["'out': out=ok_pairs.jsonl is a file"],
     ),
     Case("cfg_duplicate_key.yaml", CONFIG, "{f}", ["'train.lr' appears twice (line 3 and line 5)"]),
     Case("cfg_not_utf8.yaml", CONFIG, "{f}", ["is not UTF-8 (line 3"]),

@@ -355,12 +355,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _offline_defaults()
+    from safetensors import SafetensorError
+
     from tunelab.errors import TunelabError
 
     try:
         return args.func(args)
     except TunelabError as err:
         print(f"tunelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, SafetensorError) as err:  # a file read or written: a full disk, a read-only folder
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        print(
+            f"tunelab {args.command}: error: could not read or write{where}: {getattr(err, 'strerror', None) or err}. "
+            "Check that the path exists, is writable and that the disk has space.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

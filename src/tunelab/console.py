@@ -1,5 +1,9 @@
 """Rich consoles for tables: as wide as the terminal, or 160 columns when writing to a file or pipe
-(rich's default of 80 would wrap every wide table into unreadable cells)."""
+(rich's default of 80 would wrap every wide table into unreadable cells).
+
+Tables show the user's text (prompts, file names, model names), so their console reads no markup:
+`[/INST]` prints as itself instead of crashing rich, and `[link=...]` does not become a hidden link.
+Where a message mixes tunelab's own markup with user text, pass the user's part through `plain()`."""
 
 from __future__ import annotations
 
@@ -7,8 +11,17 @@ from __future__ import annotations
 def table_console(stderr: bool = False):
     from rich.console import Console
 
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
+    console = Console(stderr=stderr, markup=False, highlight=False)
+    return (
+        console if console.is_terminal else Console(stderr=stderr, width=160, markup=False, highlight=False)
+    )
+
+
+def plain(text: object) -> str:
+    """User text made safe inside a rich markup string: brackets are escaped, so nothing is interpreted."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def progress_bar(console, *fields):

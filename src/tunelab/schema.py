@@ -6,20 +6,21 @@ Keys mean the same in every stage (../shared/DESIGN.md): `model`, `adapter`, `lo
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunelab.config import Section
+from tunelab.config import SEED_MAX, Section
 from tunelab.prompting.strategies import PromptingOptions
 
 Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
 
 
 class LoraSection(Section):
-    r: int = Field(16, ge=1, description="rank of the low-rank pair A (r x in), B (out x r)")
-    alpha: float = Field(32, gt=0, description="scale: the update is (alpha / r) * B @ A")
+    r: int = Field(16, ge=1, le=4096, description="rank of the low-rank pair A (r x in), B (out x r)")
+    alpha: float = Field(32, gt=0, le=65_536, description="scale: the update is (alpha / r) * B @ A")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     targets: list[str] | Literal["all-linear", "auto"] = Field(
         "auto", description="module names to adapt; 'auto' = attention q/k/v/o for the architecture"
@@ -27,7 +28,9 @@ class LoraSection(Section):
 
 
 class PromptSection(Section):
-    tokens: int = Field(20, ge=1, description="number of virtual tokens (prompt and prefix tuning)")
+    tokens: int = Field(
+        20, ge=1, le=10_000, description="number of virtual tokens (prompt and prefix tuning)"
+    )
     init_text: str | None = Field(
         None, description="initialise the virtual tokens from this text's embeddings"
     )
@@ -53,50 +56,87 @@ class DataSection(Section):
 
 class GuardSection(Section):
     spike: float = Field(
-        5.0, gt=1, description="a loss above spike x the running median of recent losses is skipped"
+        5.0, gt=1, le=1e9, description="a loss above spike x the running median of recent losses is skipped"
     )
     min_jump: float = Field(
         1.0,
         ge=0,
+        le=1e9,
         description="... and only when it is also this much above the median (near-zero losses jitter)",
     )
-    window: int = Field(50, ge=5, description="recent accepted losses the median is taken over")
+    window: int = Field(50, ge=5, le=1_000_000, description="recent accepted losses the median is taken over")
     max_bad: int = Field(
-        3, ge=1, description="skipped updates in a row before rolling back to the last checkpoint"
+        3,
+        ge=1,
+        le=1_000_000_000,
+        description="skipped updates in a row before rolling back to the last checkpoint",
     )
     lr_factor: float = Field(0.5, gt=0, le=1, description="learning rate multiplier applied at each rollback")
+    max_skipped_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a run that skipped more than this share of its updates ends with an error (1 = never)",
+    )
 
 
 class EarlyStopSection(Section):
     patience: int | None = Field(
-        None, ge=1, description="stop after this many evaluations without improvement; null = off"
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="stop after this many evaluations without improvement; null = off",
     )
     metric: str = Field("eval_loss", description="the metric watched (any eval_* in metrics.jsonl)")
     mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
 
 
 class TrainSection(Section):
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
-    epochs: float = Field(1.0, gt=0, description="passes over the training data")
-    batch_size: int = Field(8, ge=1, description="rows per micro-batch on each process")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (never on norms/biases)")
-    warmup: float = Field(0.03, ge=0, description="warm-up: a share of total steps (<1) or a step count")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr after warm-up")
-    max_grad_norm: float | None = Field(1.0, description="clip gradients to this global norm; null = off")
-    max_len: int = Field(1024, ge=8, description="longest sequence in tokens")
-    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
-    keep_last: int = Field(2, ge=1, description="checkpoints to keep")
-    eval_every: int | None = Field(None, ge=1, description="evaluate on data.eval every N steps")
-    max_seconds: float | None = Field(
-        None, gt=0, description="wall-time cap: stop (evaluate, keep the best) once training has run this long"
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="optimizer steps; overrides epochs when set"
     )
-    log_every: int = Field(1, ge=1, description="log metrics every N steps")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="passes over the training data")
+    batch_size: int = Field(8, ge=1, le=1_000_000, description="rows per micro-batch on each process")
+    grad_accum: int = Field(1, ge=1, le=1_000_000, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, le=10, description="peak learning rate")
+    weight_decay: float = Field(
+        0.0, ge=0, le=10, description="AdamW decoupled weight decay (never on norms/biases)"
+    )
+    warmup: float = Field(
+        0.03, ge=0, le=1_000_000, description="warm-up: a share of total steps (<1) or a step count"
+    )
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr after warm-up")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, le=1e6, description="clip gradients to this global norm (> 0); null = off"
+    )
+    max_len: int = Field(1024, ge=8, le=1_048_576, description="longest sequence in tokens")
+    save_every: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="checkpoint every N steps (and at the end)"
+    )
+    keep_last: int = Field(2, ge=1, le=1_000_000_000, description="checkpoints to keep")
+    eval_every: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="evaluate on data.eval every N steps"
+    )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=1e9,
+        description="wall-time cap: stop (evaluate, keep the best) once training has run this long",
+    )
+    log_every: int = Field(1, ge=1, le=1_000_000_000, description="log metrics every N steps")
     guard: GuardSection = Field(default_factory=GuardSection, description="divergence guard")
     early_stop: EarlyStopSection = Field(
         default_factory=EarlyStopSection, description="early stopping; the best checkpoint becomes final/"
     )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSection:
+        if self.warmup >= 1 and self.max_steps and self.warmup > self.max_steps:
+            raise ValueError(
+                f"a warm-up of {self.warmup:g} steps is longer than train.max_steps={self.max_steps}; "
+                "give train.warmup as a share (< 1) or fewer steps"
+            )
+        return self
 
 
 class ModelSection(Section):
@@ -136,7 +176,9 @@ class StageConfig(Section):
         default_factory=DataSection, description="where the data is and how to render it"
     )
     train: TrainSection = Field(default_factory=TrainSection, description="the training loop")
-    seed: int = Field(0, description="seed for weights of new parameters, data order and sampling")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="seed for weights of new parameters, data order and sampling"
+    )
     out: str | None = Field(None, description="run folder; default runs/<stage>-<time>")
     resume: str = Field("auto", description="auto (newest complete checkpoint in out) | never | PATH")
     distributed: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
@@ -153,9 +195,27 @@ class StageConfig(Section):
     @field_validator("out")
     @classmethod
     def _out_is_a_folder(cls, value: str | None) -> str | None:
-        if value and Path(value).is_file():  # checked now: the run would fail only after loading everything
-            raise ValueError(f"out={value} is a file; the run folder must be a folder")
+        return writable_folder(value)
+
+
+def writable_folder(value: str | None) -> str | None:
+    """`out=`: a folder that exists or can be made, and can be written to. Checked when the config is read,
+    before any model loads (a run would otherwise fail only after loading everything)."""
+    if not value:
         return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        raise ValueError(f"out={value} is a file; the run folder must be a folder")
+    probe_in = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not probe_in.is_dir():
+        raise ValueError(f"out={value}: {probe_in} is not a folder, so the run folder cannot be made there")
+    try:  # a real write: permissions, a read-only file system, a full disk or a file-size limit all show
+        with tempfile.TemporaryFile(dir=probe_in) as f:
+            f.write(b"tunelab")
+            f.flush()
+    except OSError as exc:
+        raise ValueError(f"out={value}: cannot write in {probe_in} ({exc.strerror or exc})") from None
+    return value
 
 
 class PretrainConfig(StageConfig):
@@ -172,11 +232,16 @@ class RewardEvalSection(Section):
     prompts: str | None = Field(
         None, description="held-out prompts (kind prompts); default: the held-out split's prompts"
     )
-    n_prompts: int = Field(16, ge=1, description="prompts answered at each evaluation")
-    max_new_tokens: int = Field(64, ge=1, description="longest sampled answer")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy answers (the same prompts every time)")
+    n_prompts: int = Field(16, ge=1, le=1_000_000_000, description="prompts answered at each evaluation")
+    max_new_tokens: int = Field(64, ge=1, le=65_536, description="longest sampled answer")
+    temperature: float = Field(
+        0.0, ge=0, le=100, description="0 = greedy answers (the same prompts every time)"
+    )
     patience: int | None = Field(
-        2, ge=1, description="stop when the mean reward has not improved for this many evaluations"
+        2,
+        ge=1,
+        le=1_000_000_000,
+        description="stop when the mean reward has not improved for this many evaluations",
     )
 
 
@@ -203,7 +268,7 @@ class SFTConfig(StageConfig):
 
 class RMSection(Section):
     center: float = Field(
-        0.0, ge=0, description="reward centring: penalty coefficient on (r_w + r_l)^2 (e.g. 0.01)"
+        0.0, ge=0, le=1000, description="reward centring: penalty coefficient on (r_w + r_l)^2 (e.g. 0.01)"
     )
 
 
@@ -219,19 +284,23 @@ class RMConfig(StageConfig):
 
 class RLSection(Section):
     group: int = Field(
-        8, ge=1, description="completions sampled per prompt (GRPO/RLOO baselines use the group)"
+        8, ge=1, le=4096, description="completions sampled per prompt (GRPO/RLOO baselines use the group)"
     )
-    prompts_per_step: int = Field(2, ge=1, description="prompts per optimizer step")
-    clip: float = Field(0.2, gt=0, description="PPO ratio clip (and value clip)")
-    ppo_epochs: int = Field(1, ge=1, description="updates per rollout (PPO); 1 = strictly on-policy")
+    prompts_per_step: int = Field(2, ge=1, le=1_000_000_000, description="prompts per optimizer step")
+    clip: float = Field(0.2, gt=0, le=100, description="PPO ratio clip (and value clip)")
+    ppo_epochs: int = Field(1, ge=1, le=1000, description="updates per rollout (PPO); 1 = strictly on-policy")
     gamma: float = Field(1.0, ge=0, le=1, description="PPO discount")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
-    vf_coef: float = Field(0.1, ge=0, description="PPO value-loss weight")
-    samples_per_step: int = Field(4, ge=0, description="completions written to samples.jsonl each step")
+    vf_coef: float = Field(0.1, ge=0, le=1000, description="PPO value-loss weight")
+    samples_per_step: int = Field(
+        4, ge=0, le=1_000_000_000, description="completions written to samples.jsonl each step"
+    )
 
 
 class KLSection(Section):
-    beta: float = Field(0.04, ge=0, description="weight of the KL to the reference model (0 = no leash)")
+    beta: float = Field(
+        0.04, ge=0, le=1000, description="weight of the KL to the reference model (0 = no leash)"
+    )
     mode: Literal["loss", "reward"] = Field(
         "loss", description="KL as a loss term, or subtracted from the reward"
     )
@@ -244,8 +313,8 @@ class RolloutSection(Section):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="hf generate (CPU/GPU) or vllm (GPU, optional extra)"
     )
-    max_new_tokens: int = Field(64, ge=1, description="longest completion")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs use the same)")
+    max_new_tokens: int = Field(64, ge=1, le=65_536, description="longest completion")
+    temperature: float = Field(1.0, gt=0, le=100, description="sampling temperature (log-probs use the same)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     stop: list[str] = Field(
         default_factory=list, description="stop strings (the completion text ends before them)"
@@ -257,17 +326,18 @@ class RolloutSection(Section):
     tis_cap: float | None = Field(
         2.0,
         gt=0,
+        le=1e9,
         description="vLLM: cap of the truncated importance weight pi_trainer / pi_vllm per token (null = off)",
     )
 
 
 class AlertSection(Section):
-    kl: float = Field(1.0, gt=0, description="alert when the mean per-token KL exceeds this")
+    kl: float = Field(1.0, gt=0, le=1e9, description="alert when the mean per-token KL exceeds this")
     entropy_drop: float = Field(
         0.2, gt=0, lt=1, description="alert when entropy falls below this share of its start"
     )
     length_growth: float = Field(
-        2.0, gt=1, description="alert when completions grow this much and mostly hit the limit"
+        2.0, gt=1, le=1e9, description="alert when completions grow this much and mostly hit the limit"
     )
 
 
@@ -298,7 +368,7 @@ class RLConfig(StageConfig):
 
 class DPOSection(Section):
     beta: float = Field(
-        0.1, gt=0, description="DPO temperature: how far from the reference the policy may move"
+        0.1, gt=0, le=1000, description="DPO temperature: how far from the reference the policy may move"
     )
     loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid (DPO) or ipo")
 
@@ -317,14 +387,18 @@ Strategy = Literal["zero_shot", "rules", "cot", "reflection", "few_shot", "self_
 
 
 class EvalSection(Section):
-    limit: int | None = Field(None, ge=1, description="evaluate the first N held-out rows only")
+    limit: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="evaluate the first N held-out rows only"
+    )
     batch_size: int = Field(
-        16, ge=1, description="prompts per generation batch (answers do not depend on it)"
+        16, ge=1, le=1_000_000, description="prompts per generation batch (answers do not depend on it)"
     )
     split: Literal["eval", "train"] = Field(
         "eval", description="which rows are scored (train: the over-fitting check)"
     )
-    resamples: int = Field(1000, ge=100, description="bootstrap resamples behind the 95% intervals")
+    resamples: int = Field(
+        1000, ge=100, le=1_000_000, description="bootstrap resamples behind the 95% intervals"
+    )
 
 
 class JudgeSection(Section):
@@ -352,8 +426,12 @@ class EvalConfig(Section):
     prompting: PromptingOptions = Field(default_factory=PromptingOptions, description="strategy options")
     eval: EvalSection = Field(default_factory=EvalSection, description="which rows, how batched, intervals")
     judge: JudgeSection = Field(default_factory=JudgeSection, description="LLM-as-judge, both answer orders")
-    seed: int = Field(0, description="seed for few-shot choice, sampling and the bootstrap")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="seed for few-shot choice, sampling and the bootstrap"
+    )
     out: str | None = Field(None, description="output folder; default runs/eval-<time>")
+
+    _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))
 
     @property
     def strategies(self) -> list[str]:
@@ -377,30 +455,48 @@ TRAINING_RUNGS = ("prompt_tuning", "lora", "full")
 
 
 class RungTrain(Section):
-    steps: int = Field(20, ge=1, description="optimizer steps: a cap (training rungs stop earlier on a plateau)")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate")
-    batch_size: int = Field(8, ge=1, description="rows per step")
-    seconds: float | None = Field(None, gt=0, description="wall-time cap on training (training rungs)")
-    eval_every: int = Field(4, ge=1, description="score the validation rows every N steps (training rungs)")
-    patience: int = Field(3, ge=1, description="evaluations without a better validation metric before stopping")
+    steps: int = Field(
+        20,
+        ge=1,
+        le=1_000_000_000,
+        description="optimizer steps: a cap (training rungs stop earlier on a plateau)",
+    )
+    lr: float = Field(2e-4, gt=0, le=10, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, le=1_000_000, description="rows per step")
+    seconds: float | None = Field(
+        None, gt=0, le=1e9, description="wall-time cap on training (training rungs)"
+    )
+    eval_every: int = Field(
+        4, ge=1, le=1_000_000_000, description="score the validation rows every N steps (training rungs)"
+    )
+    patience: int = Field(
+        3, ge=1, le=1_000_000, description="evaluations without a better validation metric before stopping"
+    )
 
 
 class LadderValidation(Section):
     rows: int = Field(
-        24, ge=1, description="validation rows carved from the training rows (never the held-out ones)"
+        24,
+        ge=1,
+        le=1_000_000_000,
+        description="validation rows carved from the training rows (never the held-out ones)",
     )
     share: float = Field(0.2, gt=0, lt=1, description="... and at most this share of the training rows")
 
 
 class LadderUsage(Section):
     answers: int = Field(
-        10_000, ge=0, description="answers expected in use: turns seconds per answer into a total"
+        10_000, ge=0, le=10**15, description="answers expected in use: turns seconds per answer into a total"
     )
 
 
 class LadderLimits(Section):
-    memory_mb: float | None = Field(None, gt=0, description="rule out rungs whose peak memory is above this")
-    storage_mb: float | None = Field(None, gt=0, description="rule out rungs that store more than this")
+    memory_mb: float | None = Field(
+        None, gt=0, le=1e12, description="rule out rungs whose peak memory is above this"
+    )
+    storage_mb: float | None = Field(
+        None, gt=0, le=1e12, description="rule out rungs that store more than this"
+    )
 
 
 class LadderCurves(Section):
@@ -420,11 +516,13 @@ class LadderCurves(Section):
 
 
 class LadderEvalSection(Section):
-    limit: int = Field(200, ge=1, description="held-out rows every rung is scored on (all, up to this)")
-    train_limit: int = Field(
-        16, ge=0, description="training rows scored too, for the over-fitting gap (0 = off)"
+    limit: int = Field(
+        200, ge=1, le=1_000_000_000, description="held-out rows every rung is scored on (all, up to this)"
     )
-    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    train_limit: int = Field(
+        16, ge=0, le=1_000_000_000, description="training rows scored too, for the over-fitting gap (0 = off)"
+    )
+    batch_size: int = Field(16, ge=1, le=1_000_000, description="prompts per generation batch")
 
 
 class LadderBestOfN(Section):
@@ -433,9 +531,14 @@ class LadderBestOfN(Section):
         description="who samples the n answers: the base model (no training but the reward model's), or the best SFT rung",
     )
     samples: int = Field(
-        4, ge=2, description="answers sampled per prompt, for the RM's pairs and at test time"
+        4,
+        ge=2,
+        le=1_000_000_000,
+        description="answers sampled per prompt, for the RM's pairs and at test time",
     )
-    prompts: int = Field(48, ge=4, description="training prompts sampled to build the RM's preference pairs")
+    prompts: int = Field(
+        48, ge=4, le=1_000_000_000, description="training prompts sampled to build the RM's preference pairs"
+    )
     pairs: str | None = Field(
         None,
         description="preference pairs for the reward model (e.g. human labels); default: sampled and ranked",
@@ -447,10 +550,10 @@ class LadderBestOfN(Section):
 
 
 class LadderRL(Section):
-    steps: int = Field(8, ge=1, description="GRPO steps on top of the best SFT rung")
-    lr: float = Field(2e-5, gt=0, description="learning rate")
-    group: int = Field(4, ge=2, description="completions per prompt")
-    prompts_per_step: int = Field(2, ge=1, description="prompts per step")
+    steps: int = Field(8, ge=1, le=1_000_000_000, description="GRPO steps on top of the best SFT rung")
+    lr: float = Field(2e-5, gt=0, le=10, description="learning rate")
+    group: int = Field(4, ge=2, le=4096, description="completions per prompt")
+    prompts_per_step: int = Field(2, ge=1, le=1_000_000_000, description="prompts per step")
 
 
 class LadderRetention(Section):
@@ -493,7 +596,7 @@ class LadderConfig(Section):
         default_factory=lambda: RungTrain(steps=200, lr=2e-5),
         description="full fine-tuning (small lr, dropout 0.1)",
     )
-    max_len: int = Field(256, ge=16, description="longest training sequence")
+    max_len: int = Field(256, ge=16, le=1_048_576, description="longest training sequence")
     best_of_n: LadderBestOfN = Field(
         default_factory=LadderBestOfN, description="reward model + best-of-n rung"
     )
@@ -502,11 +605,17 @@ class LadderConfig(Section):
     tolerance: float = Field(
         0.05,
         ge=0,
+        le=1e9,
         description="a rung stays a candidate unless resolved as worse than the best by more than this",
     )
-    target: float | None = Field(None, description="an absolute quality bar: rungs below it are ruled out")
+    target: float | None = Field(
+        None, ge=-1e12, le=1e12, description="an absolute quality bar: rungs below it are ruled out"
+    )
     cost_margin: float = Field(
-        1.5, ge=1, description="costs within this factor of the lowest count as equal: the next cost decides"
+        1.5,
+        ge=1,
+        le=1e6,
+        description="costs within this factor of the lowest count as equal: the next cost decides",
     )
     usage: LadderUsage = Field(default_factory=LadderUsage, description="expected use (the cost model)")
     limits: LadderLimits = Field(default_factory=LadderLimits, description="hard limits that rule rungs out")
@@ -514,6 +623,10 @@ class LadderConfig(Section):
         default_factory=LadderValidation, description="rows the training rungs stop on"
     )
     curves: LadderCurves = Field(default_factory=LadderCurves, description="learning curves over data size")
-    seeds: int = Field(1, ge=1, description="train every training rung with this many seeds (spread reported)")
-    seed: int = Field(0, description="seed for every rung")
+    seeds: int = Field(
+        1, ge=1, le=1000, description="train every training rung with this many seeds (spread reported)"
+    )
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for every rung")
     out: str | None = Field(None, description="report folder; default runs/ladder-<time>")
+
+    _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))

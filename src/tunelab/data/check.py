@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from tunelab.console import plain
 from tunelab.data.read import check_dataset
 from tunelab.data.render import IGNORE, RenderOptions, Tokenized, fit_length, render_row
 from tunelab.errors import Problem
@@ -121,7 +122,7 @@ def print_report(
     report: DataReport, console: Console, max_len: int, overlong: str, show_problems: bool = True
 ) -> None:
     if show_problems and report.problems:
-        console.print(f"[bold red]{len(report.problems)} problem(s) in {report.path}:[/bold red]")
+        console.print(f"[bold red]{len(report.problems)} problem(s) in {plain(report.path)}:[/bold red]")
         for p in report.problems:
             console.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
         console.print()

@@ -9,6 +9,10 @@ separated by blank lines, kind `text` only), or a hub dataset name
 reported with its exact line; Parquet is streamed by row group with pyarrow.
 Accepted aliases are normalised: `input`/`output` and alpaca `instruction`/`input`/`output` become
 `prompt`/`completion`; sharegpt `conversations` with `from`/`value` become `messages`.
+
+Nothing in a file can crash a reader: special files (a FIFO, /dev/zero, a folder), unreadable files,
+JSON nested deeper than MAX_DEPTH, integers of thousands of digits, text that is not valid Unicode (a
+lone surrogate escaped in JSON) all become the usual `file:line: field: what is wrong` problem.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import io
 import json
 import math
 import os
+import stat
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,7 @@ SHAREGPT_ROLES = {
     "observation": "tool",
 }
 WINNERS = {"model_a", "model_b", "tie", "tie (bothbad)"}
+MAX_DEPTH = 64  # nesting of lists and objects in one row: a chat is 3 deep, a deep row is an attack
 
 
 class RowError(Exception):
@@ -52,12 +59,19 @@ class RowError(Exception):
 # ---------------------------------------------------------------- field helpers
 
 
+def _what(value: Any) -> str:
+    """A value's type as the message says it: its Python name, but JSON's `null` for None."""
+    return "null" if value is None else type(value).__name__
+
+
 def _text(row: Row, field: str, *, allow_empty: bool = False) -> str:
-    if field not in row or row[field] is None:
+    if field not in row:
         raise RowError(field, f"missing (expected text); the row has {sorted(row) or 'no fields'}")
     value = row[field]
+    if value is None:
+        raise RowError(field, "is null (expected text)")
     if not isinstance(value, str):
-        raise RowError(field, f"expected text, got {type(value).__name__} ({_short(value)})")
+        raise RowError(field, f"expected text, got {_what(value)} ({_short(value)})")
     if not allow_empty and not value.strip():
         raise RowError(field, "is empty")
     return value
@@ -68,17 +82,53 @@ def _number(row: Row, field: str, default: float, *, min_value: float | None = N
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RowError(field, f"expected a number, got {type(value).__name__} ({_short(value)})")
-    if not math.isfinite(value):  # JSON readers accept NaN and Infinity; a loss would not survive them
-        raise RowError(field, f"expected a finite number, got {value}")
+        raise RowError(field, f"expected a number, got {_what(value)} ({_short(value)})")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        finite = False
+    if not finite:  # JSON readers accept NaN and Infinity; a loss would not survive them
+        raise RowError(field, f"expected a finite number, got {_short(value)}")
     if min_value is not None and value < min_value:
         raise RowError(field, f"must be >= {min_value}, got {value}")
     return float(value)
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{_what(value)}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_flaw(value: Any, where: str | None = None, depth: int = 0) -> tuple[str | None, str] | None:
+    """(field, what is wrong) for the first thing in a loaded row no reader downstream could use: text
+    that is not valid Unicode (a lone surrogate), nesting deeper than MAX_DEPTH; None when all is well."""
+    if depth > MAX_DEPTH:
+        return where, f"is nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = value[exc.start]
+                return where, f"holds {ascii(bad)}, a lone surrogate, which is not a character; fix the text"
+        return None
+    if isinstance(value, dict):
+        children = [(k, f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        children = [(None, f"{where or ''}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, path, item in children:
+        found = _first_flaw(key, where, depth + 1) if isinstance(key, str) else None
+        found = found or _first_flaw(item, path, depth + 1)
+        if found:
+            return found
+    return None
 
 
 def _messages(value: Any, field: str) -> list[dict[str, str]]:
@@ -94,7 +144,7 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
     for i, turn in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise RowError(where, f"expected {{role, content}}, got {type(turn).__name__}")
+            raise RowError(where, f"expected {{role, content}}, got {_what(turn)}")
         if "from" in turn and "role" not in turn:  # sharegpt
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
@@ -108,7 +158,7 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
             if role not in ROLES:
                 raise RowError(f"{where}.role", f"expected one of {sorted(ROLES)}, got {_short(role)}")
         if not isinstance(content, str):
-            raise RowError(f"{where}.content", f"expected text, got {type(content).__name__}")
+            raise RowError(f"{where}.content", f"expected text, got {_what(content)}")
         turns.append({"role": role, "content": content})
     _check_turn_order(turns, field)
     return turns
@@ -278,13 +328,23 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             except RowError as err:
                 yield lineno, Problem(str(path), lineno, err.field, err.message)
                 continue
+            except (RecursionError, ValueError) as exc:  # too deep; an integer of over 4,300 digits
+                yield lineno, Problem(str(path), lineno, None, _unloadable(exc))
+                continue
             if not isinstance(value, dict):
                 yield (
                     lineno,
-                    Problem(str(path), lineno, None, f"expected a JSON object, got {type(value).__name__}"),
+                    Problem(str(path), lineno, None, f"expected a JSON object, got {_what(value)}"),
                 )
                 continue
             yield lineno, value
+
+
+def _unloadable(exc: Exception) -> str:
+    """What json.loads could not take, for a row that is valid JSON in principle."""
+    if isinstance(exc, RecursionError):
+        return f"is nested too deeply to read (a row is at most {MAX_DEPTH} levels deep)"
+    return "holds a number with thousands of digits, which no field takes"
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -320,6 +380,9 @@ def _json_records(path: Path) -> Iterator[Record]:
     except RowError as err:  # a duplicate key; the whole file is one JSON value, so no line is known
         yield 0, Problem(str(path), None, err.field, err.message)
         return
+    except (RecursionError, ValueError) as exc:
+        yield 0, Problem(str(path), None, None, _unloadable(exc))
+        return
     if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
         value = next(iter(value.values()))  # {"data": [...]}
     if not isinstance(value, list):
@@ -330,7 +393,7 @@ def _json_records(path: Path) -> Iterator[Record]:
             i,
             item
             if isinstance(item, dict)
-            else Problem(str(path), i, None, f"row {i} is {type(item).__name__}, expected an object"),
+            else Problem(str(path), i, None, f"row {i} is {_what(item)}, expected an object"),
         )
 
 
@@ -342,8 +405,11 @@ def _csv_records(path: Path) -> Iterator[Record]:
         yield line, Problem(str(path), line, None, "is not UTF-8; re-save the file as UTF-8")
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+    try:
+        for row in reader:
+            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+    except csv.Error as exc:  # a NUL byte, a field over the size limit
+        yield reader.line_num, Problem(str(path), reader.line_num, None, f"is not valid CSV ({exc})")
 
 
 def _parquet_records(path: Path) -> Iterator[Record]:
@@ -423,13 +489,26 @@ def records(path: str | Path) -> Iterator[Record]:
         )
     if p.is_dir():
         raise DataError([Problem(str(p), None, None, "is a folder, expected a data file")])
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise DataError([Problem(str(p), None, None, f"cannot be read ({exc.strerror})")]) from None
+    if not stat.S_ISREG(mode):  # a FIFO would block for ever, /dev/zero never ends
+        raise DataError([Problem(str(p), None, None, "is not a regular file (a pipe, a device or a socket)")])
     if p.stat().st_size == 0:
         raise DataError([Problem(str(p), None, None, "is empty (0 bytes, no rows)")])
     suffix = Path(p.stem).suffix if p.suffix.lower() == ".gz" else p.suffix  # x.jsonl.gz reads as x.jsonl
     if p.suffix.lower() == ".gz" and suffix.lower() not in (".jsonl", ".ndjson", ".txt", ".md"):
         raise DataError([Problem(str(p), None, None, "is gzipped; only .jsonl.gz and .txt.gz can be read")])
     reader = READERS.get(suffix.lower(), _jsonl_records)  # unknown suffix: try one JSON object per line
-    yield from reader(p)
+    try:
+        for line, record in reader(p):
+            flaw = _first_flaw(record) if isinstance(record, dict) else None
+            yield line, (Problem(str(p), line, *flaw) if flaw else record)
+    except (OSError, EOFError, zlib.error) as exc:  # a read error, a truncated or broken .gz
+        raise DataError(
+            [Problem(str(p), None, None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})")]
+        ) from None
 
 
 def check_dataset(path: str | Path, kind: str) -> tuple[list[Row], list[Problem]]:

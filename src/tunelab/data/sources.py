@@ -23,7 +23,7 @@ import torch
 from tunelab.data.batch import LMBatch, collate, pack
 from tunelab.data.read import RowError, normalise, records
 from tunelab.data.render import Tokenized, render_text
-from tunelab.errors import DataError, Problem
+from tunelab.errors import DataError, Problem, TunelabError
 from tunelab.train.dist import share
 
 
@@ -228,12 +228,21 @@ class TextBlocks:
                 return out
             return None
 
+        seen = 0
         for block in self._blocks():
+            seen += 1
             pool.append(block)
             if len(pool) >= self.buffer:
                 out = emit(pool.pop(rng.randrange(len(pool))))
                 if out is not None:
                     yield out
+        if seen == 0:  # a dead end, not an epoch: say why rather than loop over nothing
+            split = " (its held-out split)" if self.split == "eval" else ""
+            what = "has no text" if not self.n_documents else f"holds fewer than {self.block_len} tokens"
+            raise TunelabError(
+                f"{', '.join(self.paths)}{split} {what}: not one block of train.max_len={self.block_len} "
+                "tokens to train on. Add text, or lower train.max_len."
+            )
         rng.shuffle(pool)
         for block in pool:
             out = emit(block)

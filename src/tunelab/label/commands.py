@@ -23,6 +23,15 @@ def _store(project: Project):
     return Store(project.db_path)
 
 
+def _write(path: str, text: str, what: str) -> None:
+    """Write a file the user asked for, or say why it could not be written (a full disk, no permission)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise TunelabError(f"could not write {what} to {path}: {exc.strerror or exc}.") from None
+
+
 def _num(value: float | None, n: int | None = None, fmt: str = ".2f") -> str:
     if value is None:
         return "-"
@@ -50,10 +59,12 @@ def stats(path: str, json_out: str | None, worst: int) -> int:
     from rich.table import Table
 
     from tunelab.console import table_console
+    from tunelab.label.db import db_errors
     from tunelab.label.stats import summarize
 
     project = load_project(path)
-    report = summarize(_store(project).labels(), project.cfg.thresholds)
+    with db_errors(project.db_path):
+        report = summarize(_store(project).labels(), project.cfg.thresholds)
     console = table_console()
     table = Table(title=f"assessors of '{project.cfg.name}': {report['labels']} labels (count in brackets)")
     for col in (
@@ -104,21 +115,23 @@ def stats(path: str, json_out: str | None, worst: int) -> int:
     if report["flagged"]:
         console.print(f"Flagged assessors (left out of `label export`): {', '.join(report['flagged'])}")
     if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+        _write(json_out, json.dumps(report, indent=1) + "\n", "the statistics")
         console.print(f"wrote {json_out}")
     return 0
 
 
 def export(path: str, out: str, judgments_out: str | None) -> int:
+    from tunelab.label.db import db_errors
     from tunelab.label.export import build_preferences, judgments
     from tunelab.label.stats import summarize
 
     project = load_project(path)
-    store = _store(project)
-    labels = store.labels()
-    rows, dropped = build_preferences(labels, store.items(), project.cfg)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with db_errors(project.db_path):
+        store = _store(project)
+        labels = store.labels()
+        items = store.items()
+    rows, dropped = build_preferences(labels, items, project.cfg)
+    _write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "the preference pairs")
     print(f"wrote {len(rows)} preference pair(s) to {out} from {len(labels)} label(s)")
     for reason, n in sorted(dropped.items()):
         print(f"  {n:6d}  {reason}")
@@ -127,7 +140,9 @@ def export(path: str, out: str, judgments_out: str | None) -> int:
     if judgments_out:
         flagged = set(summarize(labels, project.cfg.thresholds)["flagged"])
         battles = judgments(labels, flagged)
-        Path(judgments_out).write_text("".join(json.dumps(b, ensure_ascii=False) + "\n" for b in battles))
+        _write(
+            judgments_out, "".join(json.dumps(b, ensure_ascii=False) + "\n" for b in battles), "the judgments"
+        )
         print(f"wrote {len(battles)} judgment(s) for `tunelab arena` to {judgments_out}")
     if not rows:
         raise TunelabError(f"No preference pair survived (see the counts above); {out} is empty.")

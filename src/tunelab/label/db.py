@@ -55,7 +55,31 @@ class NotFound(LookupError):
 
 
 class Conflict(Exception):
-    """The showing already has a label."""
+    """The showing already has a label, or was never served to this assessor."""
+
+
+def db_problem(err: sqlite3.Error, path: Path) -> str:
+    """One sentence for the user about a database error: a full disk, a damaged file, or something else."""
+    text = str(err)
+    if "full" in text:
+        return f"the label database {path} cannot grow: the disk is full ({text}); free some space. Labels acknowledged before are safe."
+    if isinstance(err, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+        return (
+            f"the label database {path} is damaged ({text}); restore it from a backup, or move it away to "
+            "start a new one (its labels are then lost)."
+        )
+    return f"the label database {path} failed: {text}. Labels acknowledged before are safe."
+
+
+@contextmanager
+def db_errors(path: Path) -> Iterator[None]:
+    """For commands: a database error becomes a TunelabError with db_problem's sentence."""
+    from tunelab.errors import TunelabError
+
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise TunelabError(db_problem(err, path)) from None
 
 
 class Store:
@@ -65,9 +89,13 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        conn = self.conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)
+        with db_errors(self.path):  # a damaged file says so before anything is served
+            conn = self.conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+            (health,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if health != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {health}")
 
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -191,13 +219,19 @@ class Store:
         return {"assignment": row["id"], "prompt": row["prompt"], "left": left, "right": right}
 
     def add_label(self, assessor: str, assignment: int, choice: str, reasons: dict[str, str]) -> int:
-        """Store one label; NotFound when the showing is not this assessor's, Conflict when labelled."""
+        """Store one label; NotFound when the showing is not this assessor's, Conflict when it is labelled
+        already or was never served to them (by next_showing)."""
         with self.write() as conn:
             row = conn.execute(
-                "SELECT left_side FROM assignments WHERE id = ? AND assessor = ?", (assignment, assessor)
+                "SELECT left_side, shown_at FROM assignments WHERE id = ? AND assessor = ?",
+                (assignment, assessor),
             ).fetchone()
             if row is None:
                 raise NotFound(f"showing {assignment} is not in your queue")
+            if row["shown_at"] is None:  # a label is an answer to what was shown, never a guess ahead
+                raise Conflict(
+                    f"showing {assignment} has not been served to you yet; /api/next serves the next one"
+                )
             if conn.execute(
                 "SELECT 1 FROM labels WHERE assignment_id = ? AND undone_at IS NULL", (assignment,)
             ).fetchone():

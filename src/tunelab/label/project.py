@@ -18,8 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tunelab.config import Section
+from tunelab.config import SEED_MAX, Section, read_yaml_text
 from tunelab.errors import TunelabError
+from tunelab.label.auth import confusable_names
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_TOKEN = 12  # characters; shorter tokens are guessable by a patient script
@@ -87,7 +88,7 @@ class Thresholds(Section):
         0.2, ge=-1, le=1, description="flag below this mean Cohen's kappa with the other assessors"
     )
     min_evidence: int = Field(
-        3, ge=1, description="a statistic over fewer observations than this flags nobody"
+        3, ge=1, le=1_000_000_000, description="a statistic over fewer observations than this flags nobody"
     )
 
 
@@ -105,13 +106,26 @@ class ExportSection(Section):
         "downweight", description="what happens to pairs on a preference cycle of their prompt"
     )
     downweight: float = Field(0.5, gt=0, le=1, description="weight multiplier for down-weighted pairs")
-    min_votes: int = Field(1, ge=1, description="pairs with fewer usable votes are dropped")
+    min_votes: int = Field(1, ge=1, le=1_000_000_000, description="pairs with fewer usable votes are dropped")
 
 
 class ServerSection(Section):
     host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
-    max_body_bytes: int = Field(16_384, ge=1024, description="larger request bodies are refused with 413")
+    max_body_bytes: int = Field(
+        16_384, ge=1024, le=1 << 30, description="larger request bodies are refused with 413"
+    )
+    tls_cert: str | None = Field(None, description="TLS certificate file (PEM): serve HTTPS directly")
+    tls_key: str | None = Field(None, description="the certificate's private key file (PEM)")
+    tls_proxy: bool = Field(
+        False, description="a TLS proxy in front forwards to this server (silences the plain-HTTP warning)"
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ServerSection:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("server.tls_cert and server.tls_key go together: give both or neither")
+        return self
 
 
 class SampleSection(Section):
@@ -119,9 +133,9 @@ class SampleSection(Section):
     systems: dict[str, str] = Field(
         min_length=2, description="system name -> model reference (smollm2-135m, a run's final/, an adapter)"
     )
-    max_new_tokens: int = Field(128, ge=1, description="longest answer in tokens")
-    temperature: float = Field(0.7, ge=0, description="0 = greedy; > 0 samples")
-    seed: int = Field(0, description="sampling seed")
+    max_new_tokens: int = Field(128, ge=1, le=65_536, description="longest answer in tokens")
+    temperature: float = Field(0.7, ge=0, le=100, description="0 = greedy; > 0 samples")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="sampling seed")
 
 
 class ProjectConfig(Section):
@@ -140,7 +154,7 @@ class ProjectConfig(Section):
         min_length=1, description="assessor name -> login token ('env:VAR' reads it from the environment)"
     )
     admin_token: str = Field(description="token for stats and export over HTTP ('env:VAR' allowed)")
-    overlap: int = Field(1, ge=1, description="assessors per item (k)")
+    overlap: int = Field(1, ge=1, le=1_000_000_000, description="assessors per item (k)")
     honeypot_share: float = Field(
         0.1, ge=0, lt=1, description="share of each assessor's queue that is honeypots"
     )
@@ -148,9 +162,9 @@ class ProjectConfig(Section):
         0.1, ge=0, le=1, description="share of an assessor's items shown again later, sides swapped"
     )
     repeat_gap: int = Field(
-        5, ge=1, description="at least this many other items between an item and its repeat"
+        5, ge=1, le=1_000_000_000, description="at least this many other items between an item and its repeat"
     )
-    seed: int = Field(0, description="seed of the assignment, the order and the sides")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the assignment, the order and the sides")
     rulebook: RuleBook = Field(default_factory=RuleBook, description="rules and reasons shown to assessors")
     thresholds: Thresholds = Field(
         default_factory=Thresholds, description="when `label stats` flags an assessor"
@@ -166,6 +180,9 @@ class ProjectConfig(Section):
         for name in assessors:
             if not NAME.match(name):
                 raise ValueError(f"assessor name {name!r} must be 1-64 letters, digits or _.@-")
+        confused = confusable_names(list(assessors))
+        if confused:
+            raise ValueError(f"{confused}; rename one")
         return assessors
 
     @model_validator(mode="after")
@@ -231,9 +248,9 @@ def load_project(path: str | Path) -> Project:
         raise TunelabError(f"Project file '{p}' does not exist.")
     try:
         text = p.read_text(encoding="utf-8")
-        data, tree = yaml.safe_load(text), yaml.compose(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TunelabError(f"Project file '{p}' is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TunelabError(f"Project file '{p}' cannot be read as UTF-8 text: {exc}") from None
+    data = read_yaml_text(text, f"Project file '{p}'")  # bounded; a key set twice is an error
     if not isinstance(data, dict):
         raise TunelabError(
             f"Project file '{p}' must hold a mapping of keys (pairs, assessors, admin_token, ...)."
@@ -241,12 +258,14 @@ def load_project(path: str | Path) -> Project:
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as err:
+        tree = yaml.compose(text)  # safe now: read_yaml_text bounded it
         lines = []
         for e in err.errors():
             loc = tuple(e["loc"])
             line = _line_of(tree, loc) or 1
             key = ".".join(str(x) for x in loc) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].lower()
+            msg = e["msg"].removeprefix("Value error, ")  # keeps the case of names it quotes
+            msg = "unknown key" if e["type"] == "extra_forbidden" else msg[:1].lower() + msg[1:]
             lines.append(f"{p}:{line}: '{key}': {msg}")
         raise TunelabError("Project file error:\n  " + "\n  ".join(lines)) from None
     tokens: dict[str, str] = {}

@@ -4,16 +4,23 @@
 
 Only the page itself (HTML, JS, CSS: no data in them) is public. Every /api/ call carries
 `Authorization: Bearer TOKEN`: an assessor's token sees that assessor's queue and labels only; the
-admin token opens /api/admin/ (stats, export). No or unknown token -> 401; a valid token on the other
-side's endpoint -> 403. Bodies are validated (unknown showing -> 404, label outside the allowed set or a
+admin token opens /api/admin/ (stats, export). The role comes from the token alone (label/auth.py).
+No or unknown token -> 401, repeated failures from one address -> 429 with a growing wait; a valid
+token on the other side's endpoint -> 403. A label is taken only for a showing that /api/next served
+to that assessor (409 otherwise). A damaged database or a full disk -> 503 with a JSON message. Bodies are validated (unknown showing -> 404, label outside the allowed set or a
 reason not in the rule book -> 422, a second label on one showing -> 409, a body over
 `server.max_body_bytes` -> 413). The gold answer of a honeypot and the system names never leave the server.
 """
 
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import json
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +30,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.label.db import Conflict, NotFound, Store
+from tunelab.errors import TunelabError
+from tunelab.label.auth import Login, Logins
+from tunelab.label.db import Conflict, NotFound, Store, db_problem
 from tunelab.label.project import Project
 
 STATIC = Path(__file__).parent / "static"
@@ -91,41 +100,40 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def create_app(project: Project, store: Store) -> FastAPI:
-    """The app; `store` must already hold the project's queues (Store.sync).
-
-    Routes are small closures over `project` and `store`, so the whole API reads in one place (which
-    makes this function longer than usual)."""
+def create_app(project: Project, store: Store, *, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """The app; `store` must already hold the project's queues (Store.sync). `clock` times the brake
+    on failed logins (tests pass their own)."""
     cfg = project.cfg
     app = FastAPI(title=f"tunelab label: {cfg.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, max_body=cfg.server.max_body_bytes)
-    rulebook = cfg.rulebook.model_dump()
+    logins = Logins(project.tokens, project.admin_token, clock=clock)
 
-    def who(request: Request) -> str:
-        """'admin', an assessor's name, or 401. Every token is compared in constant time."""
-        token = _bearer(request)
-        if token is None:
-            raise HTTPException(
-                401, "log in: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
-            )
-        found = "admin" if hmac.compare_digest(token.encode(), project.admin_token.encode()) else None
-        for known, name in project.tokens.items():
-            if hmac.compare_digest(token.encode(), known.encode()):
-                found = name
-        if found is None:
-            raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
-        return found
+    def login(request: Request) -> Login:
+        return logins.check(_bearer(request), request.client.host if request.client else "unknown")
 
     def assessor(request: Request) -> str:
-        name = who(request)
-        if name == "admin":
+        found = login(request)
+        if found.role != "assessor":  # the role comes with the token; a name never decides it
             raise HTTPException(403, "the admin token has no queue; log in with an assessor's token")
-        return name
+        return found.name
 
     def admin(request: Request) -> None:
-        if who(request) != "admin":
+        if login(request).role != "admin":
             raise HTTPException(403, "admin endpoints need the admin token")
 
+    _error_handlers(app, store)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _assessor_routes(app, project, store, assessor)
+    _admin_routes(app, project, store, admin)
+    return app
+
+
+def _error_handlers(app: FastAPI, store: Store) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         parts = [
@@ -133,11 +141,15 @@ def create_app(project: Project, store: Store) -> FastAPI:
         ]
         return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+    @app.exception_handler(sqlite3.Error)
+    async def _database(request: Request, err: sqlite3.Error):
+        # a damaged file or a full disk: nothing was stored by this request, and the client should hear so
+        return JSONResponse({"detail": db_problem(err, store.path)}, status_code=503)
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+def _assessor_routes(app: FastAPI, project: Project, store: Store, assessor: Callable) -> None:
+    cfg = project.cfg
+    rulebook = cfg.rulebook.model_dump()
 
     def status(name: str) -> dict:
         done, total = store.progress(name)
@@ -179,20 +191,60 @@ def create_app(project: Project, store: Store) -> FastAPI:
     def own_labels(name: str = Depends(assessor)) -> dict:
         return {"labels": store.own_labels(name)}
 
+
+def _admin_routes(app: FastAPI, project: Project, store: Store, admin: Callable) -> None:
     @app.get("/api/admin/stats", dependencies=[Depends(admin)])
     def stats() -> dict:
         from tunelab.label.stats import summarize
 
-        return json.loads(json.dumps(summarize(store.labels(), cfg.thresholds)))  # tuples -> lists
+        return json.loads(json.dumps(summarize(store.labels(), project.cfg.thresholds)))  # tuples -> lists
 
     @app.get("/api/admin/export", dependencies=[Depends(admin)])
     def export() -> dict:
         from tunelab.label.export import build_preferences
 
-        rows, dropped = build_preferences(store.labels(), store.items(), cfg)
+        rows, dropped = build_preferences(store.labels(), store.items(), project.cfg)
         return {"rows": rows, "dropped": dict(dropped)}
 
-    return app
+
+# tokens printed in tunelab's own example project: anyone can read them
+PUBLISHED_TOKENS = {
+    "ann-token-change-me",
+    "bob-token-change-me",
+    "cat-token-change-me",
+    "admin-token-change-me",
+}
+PLACEHOLDER = re.compile(r"change-?me|example|placeholder|replace-?me", re.IGNORECASE)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_warnings(project: Project, host: str) -> list[str]:
+    """What to warn about when serving on `host`; a TunelabError when it must not be served there at all."""
+    if is_loopback(host):
+        return []
+    logins = [*((name, t) for t, name in project.tokens.items()), ("admin_token", project.admin_token)]
+    weak = [name for name, token in logins if token in PUBLISHED_TOKENS or PLACEHOLDER.search(token)]
+    if weak:
+        raise TunelabError(
+            f"{project.path}: refusing to serve on {host}, where other machines can reach it, with example "
+            f"tokens ({', '.join(weak)}): anyone who read the example can log in. Give each its own secret "
+            "token (e.g. `env:VAR`), or serve on 127.0.0.1."
+        )
+    srv = project.cfg.server
+    if srv.tls_cert or srv.tls_proxy:
+        return []
+    return [
+        f"serving on {host} over plain HTTP: tokens and labels cross the network unencrypted. Put a TLS "
+        "proxy in front (then set server.tls_proxy: true) or set server.tls_cert and server.tls_key."
+    ]
 
 
 def serve(project: Project, host: str, port: int) -> None:
@@ -201,9 +253,10 @@ def serve(project: Project, host: str, port: int) -> None:
 
     import uvicorn
 
-    from tunelab.errors import TunelabError
     from tunelab.label.pairs import load_items
 
+    for warning in exposure_warnings(project, host):
+        print(f"tunelab label: warning: {warning}", file=sys.stderr)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:  # fail before planning anything, with a message rather than uvicorn's log line
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,6 +269,14 @@ def serve(project: Project, host: str, port: int) -> None:
     added = store.sync(project, load_items(project))
     app = create_app(project, store)
     n_assessors = len(project.cfg.assessors)
+    srv = project.cfg.server
+    tls = {}
+    if srv.tls_cert:
+        tls = {
+            "ssl_certfile": str(project.resolve(srv.tls_cert)),
+            "ssl_keyfile": str(project.resolve(srv.tls_key)),
+        }
     print(f"tunelab label: {added} new item(s) queued; {n_assessors} assessor(s); database {project.db_path}")
-    print(f"tunelab label: serving '{project.cfg.name}' at http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    scheme = "https" if srv.tls_cert else "http"
+    print(f"tunelab label: serving '{project.cfg.name}' at {scheme}://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **tls)

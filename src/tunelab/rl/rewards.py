@@ -110,6 +110,14 @@ def _module_reward(spec: str) -> RewardFn:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise TunelabError(f"reward '{spec}': cannot import {name} from {module} ({exc}).") from None
+    except SyntaxError as exc:  # the user's file: say where, as Python would, without the traceback
+        raise TunelabError(
+            f"reward '{spec}': {exc.filename}:{exc.lineno}: {exc.msg} (a syntax error in the reward module)."
+        ) from None
+    except Exception as exc:  # the module failed while it was being imported  # noqa: BLE001
+        raise TunelabError(
+            f"reward '{spec}': importing {module} raised {type(exc).__name__}: {exc}."
+        ) from None
     if not callable(fn):
         raise TunelabError(f"reward '{spec}' is not callable.")
     return fn

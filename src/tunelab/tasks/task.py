@@ -61,8 +61,10 @@ class TaskSpec(Section):
     metrics: list[str] = Field(
         default_factory=lambda: ["exact"], description="metrics; the first is the main one"
     )
-    tolerance: float = Field(1e-6, ge=0, description="absolute tolerance of the numeric metric")
-    max_new_tokens: int = Field(64, ge=1, description="longest direct answer (chain of thought gets more)")
+    tolerance: float = Field(1e-6, ge=0, le=1e9, description="absolute tolerance of the numeric metric")
+    max_new_tokens: int = Field(
+        64, ge=1, le=65_536, description="longest direct answer (chain of thought gets more)"
+    )
     ladder: dict | None = Field(
         None,
         description="defaults for `tunelab ladder` on this task (any ladder key, e.g. rungs, lora.steps)",

@@ -9,19 +9,24 @@
       state.json              # step, data position, lr scale, guard, early-stopping state
       rng.pt, rng-R.pt        # torch, python and numpy RNG states of rank 0, of rank R
       source.pt, source-R.pt  # the batch source's own state, when it has one (RL: alert baseline, buffer)
+      manifest.json           # written last, atomically: every other file's size and SHA-256
 
 Each is written into `step-N.tmp/` and renamed to `step-N/` only when complete; `latest()` never
-looks at `.tmp` folders. Under several processes every rank writes its part into the same folder (a
+looks at `.tmp` folders. A checkpoint proves itself: `verify()` checks every file against the
+manifest, `latest()` is the newest one that verifies, and `resume_point()` falls back past damaged
+ones, saying which and why, or stops with a message when none is intact. Under several processes every rank writes its part into the same folder (a
 file system they share), and rank 0 renames it once all have finished.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tunelab.train.dist import SINGLE, Dist
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -110,6 +116,95 @@ def _write_parts(tmp: Path, model, optimizer, state: dict, dist: Dist, extra: di
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
+        _write_manifest(tmp)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """Sizes and checksums of every file, written last and atomically (a temporary name, then a rename)."""
+    files = {
+        str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not f.name.startswith(MANIFEST)
+    }
+    part = folder / (MANIFEST + ".part")
+    with open(part, "w") as f:
+        f.write(json.dumps({"format": 1, "files": files}, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, folder / MANIFEST)
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with checkpoint `folder` (a missing, truncated or altered file), or None when every
+    file matches its manifest."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (its write never finished, or an older tunelab wrote it)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is damaged"
+    for name, want in listed.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return (
+                f"{name} has {size:,} bytes where {want['bytes']:,} were written (truncated or overwritten)"
+            )
+        if _sha256(f) != want["sha256"]:
+            return f"{name} does not match its checksum (its bytes changed after it was written)"
+    return None
+
+
+def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under `root` that verifies, and why each newer one was passed over."""
+    passed: list[str] = []
+    for _, folder in reversed(all_steps(root)):
+        problem = verify(folder)
+        if problem is None:
+            return folder, passed
+        passed.append(f"{folder.name}: {problem}")
+    return None, passed
+
+
+def resume_point(resume: str, root: Path, say: Callable[[str], None]) -> Path | None:
+    """The checkpoint `resume` (auto | never | PATH) asks for, verified. `auto` takes the newest intact
+    one under `root` and says which damaged ones it passed over; a TunelabError when none is intact, or
+    when the named PATH is damaged."""
+    from tunelab.errors import TunelabError
+
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found, passed = newest_intact(root)
+        for why in passed:
+            say(f"checkpoint {why}; " + (f"resuming from {found.name} instead" if found else "passed over"))
+        if found is None and passed:
+            raise TunelabError(
+                f"No intact checkpoint in {root} to resume from: " + "; ".join(passed) + ". Start the run "
+                "again from the beginning with resume=never, or in a new folder with out=NEW."
+            )
+        return found
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise TunelabError(f"resume={resume}: not a complete checkpoint folder (no state.json).")
+    problem = verify(path)
+    if problem is not None and (path / MANIFEST).exists():
+        other, _ = newest_intact(path.parent)
+        hint = f" The newest intact checkpoint there is {other}." if other else ""
+        raise TunelabError(f"resume={resume}: cannot resume from it: {problem}.{hint}")
+    if problem is not None:  # named by hand and written before manifests existed: trusted, with a word
+        say(f"resume={resume}: {problem}; resuming from it unverified, as asked")
+    return path
 
 
 def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
@@ -142,11 +237,22 @@ def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
 
 
 def load(folder: Path, model, optimizer, dist: Dist = SINGLE) -> dict:
-    """Restore weights, optimizer and this rank's RNG; return the loop state."""
-    load_weights(folder, model, optimizer, dist)
-    rng = folder / _rng_file(dist.rank)
-    set_rng_state(torch.load(rng if rng.is_file() else folder / "rng.pt", weights_only=False))
-    return json.loads((folder / "state.json").read_text())
+    """Restore weights, optimizer and this rank's RNG; return the loop state. A checkpoint that does not
+    fit the model (another adapter, another shape) or cannot be read is a TunelabError."""
+    from tunelab.errors import TunelabError
+
+    try:
+        load_weights(folder, model, optimizer, dist)
+        rng = folder / _rng_file(dist.rank)
+        set_rng_state(torch.load(rng if rng.is_file() else folder / "rng.pt", weights_only=False))
+        return json.loads((folder / "state.json").read_text())
+    except TunelabError:
+        raise
+    except (*WRITE_ERRORS, KeyError, ValueError, EOFError, TypeError) as exc:
+        raise TunelabError(
+            f"Cannot resume from {folder}: {str(exc).splitlines()[0][:300]}. It does not fit this model and "
+            "settings; train in a new folder with out=NEW, or start again with resume=never."
+        ) from None
 
 
 def _state_options():
@@ -170,9 +276,8 @@ def all_steps(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root` (half-written `.tmp` folders are ignored)."""
-    steps = [p for _, p in all_steps(root) if (p / "state.json").is_file()]
-    return steps[-1] if steps else None
+    """The newest checkpoint under `root` that verifies against its manifest (`.tmp` folders are ignored)."""
+    return newest_intact(root)[0]
 
 
 def prune(root: Path, keep: int) -> None:

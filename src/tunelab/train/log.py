@@ -1,10 +1,22 @@
-"""Where a run's numbers go: metrics.jsonl (one object per logged step), TensorBoard, and PNG plots."""
+"""Where a run's numbers go: metrics.jsonl (one object per logged step), TensorBoard, and PNG plots.
+
+A write that fails (a full disk, a folder made read-only) stops the run with one paragraph saying what
+could not be written and how to go on from the newest checkpoint (run_folder.writing); plots are made
+again from metrics.jsonl at the end, so a plot that cannot be written is only a warning.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
+
+
+def _writing(what: str, run_dir: Path):
+    from tunelab.train.run_folder import writing  # here: run_folder reaches the loop's modules
+
+    return writing(what, run_dir)
 
 
 def _row(line: str) -> dict | None:
@@ -18,13 +30,17 @@ def _row(line: str) -> dict | None:
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0):
         self.path = run_dir / "metrics.jsonl"
+        self.run_dir = run_dir
         if self.path.exists():  # a resumed run: forget what was logged after the checkpoint
             kept = [
                 line
-                for line in self.path.read_text().splitlines()
-                if (row := _row(line)) is not None and row["step"] <= resume_step
+                for line in self.path.read_text(errors="replace").splitlines()
+                if (row := _row(line)) is not None
+                and isinstance(row, dict)
+                and row.get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            with _writing(f"the metrics log {self.path}", run_dir):
+                self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
         self._tb_dir = run_dir
         self._resume_step = resume_step
@@ -41,16 +57,19 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         # NaN is not JSON: a non-finite value (a skipped update's loss) is written as null
         row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        writer = self._writer()
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                writer.add_scalar(key, value, row["step"])
+        with _writing(f"the metrics log {self.path}", self.run_dir):
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        with _writing(f"the TensorBoard events in {self.run_dir}", self.run_dir):
+            writer = self._writer()
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with _writing(f"the TensorBoard events in {self.run_dir}", self.run_dir):
+                self._tb.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -69,7 +88,16 @@ PLOTS = {
 
 
 def make_plots(run_dir: Path, extra: dict[str, list[str]] | None = None) -> list[Path]:
-    """One PNG per group of metrics, regenerated from metrics.jsonl at the end of a run."""
+    """One PNG per group of metrics, regenerated from metrics.jsonl at the end of a run; a plot that
+    cannot be written is a warning (the numbers are safe in metrics.jsonl)."""
+    try:
+        return _make_plots(run_dir, extra)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"warning: could not write the plots in {run_dir / 'plots'}: {exc}", file=sys.stderr)
+        return []
+
+
+def _make_plots(run_dir: Path, extra: dict[str, list[str]] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")

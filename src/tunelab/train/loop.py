@@ -33,6 +33,8 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import guard as guarding
+from tunelab.train import resume_check
 from tunelab.train.dist import Dist, to_device
 from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
@@ -162,14 +164,10 @@ def train(
     total = total_steps(cfg, batches)
     state = LoopState()
     guard = Guard(tc.guard)
+    undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
 
-    resume_from = None
-    if cfg.resume == "auto":
-        resume_from = ckpt.latest(ckpt_root)
-    elif cfg.resume != "never":
-        resume_from = Path(cfg.resume)
-        if not (resume_from / "state.json").is_file():
-            raise TunelabError(f"resume={cfg.resume}: not a complete checkpoint folder (no state.json).")
+    resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.out)  # verified, or a message
+    start = resume_check.check(run_dir, cfg, stage, resume_from)  # never go on with other settings
     source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
         saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
@@ -177,11 +175,17 @@ def train(
         guard.load_state_dict(state.guard)
         if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
-        console.print(f"resuming from {resume_from} (step {state.step} of {total})")
+        console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # out: no markup in paths
+        if start.changes:
+            console.out(f"changed on resume (recorded in history.jsonl): {resume_check.changes_text(start)}")
+    if start.finished and state.step >= total:  # a finished run is never rewritten by a rerun
+        console.out(resume_check.nothing_to_do(run_dir))
+        return run_dir
     if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
         clear_old_run(run_dir)
     if dist.is_main:
         write_config(run_dir, cfg, stage, total, dist)
+        resume_check.record(run_dir, state.step, start)
     dist.barrier()  # the old run's files are gone before any rank writes a checkpoint
     log = MetricsLog(run_dir, resume_step=state.step) if dist.is_main else None
     if eval_batches and dist.device.type != "cpu":
@@ -198,6 +202,9 @@ def train(
         nonlocal saved_step
         if saved_step == state.step:  # rewriting it would only open a moment in which it is missing
             return
+        if not guarding.weights_finite(params, dist):  # never a checkpoint to roll back into the damage
+            console.print(f"[yellow]step {state.step}: weights not finite; no checkpoint written[/yellow]")
+            return
         state.guard = guard.state_dict()
         extra = {source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
         folder = ckpt_root / f"step-{state.step}"
@@ -210,9 +217,15 @@ def train(
     def roll_back():
         """Back to the newest checkpoint with a lower lr; without one, keep the weights (bad updates were
         never applied) and only lower the lr: going back to step 0 would throw away all the training."""
-        last = ckpt.latest(ckpt_root)
+        last = ckpt.latest(ckpt_root)  # the newest that verifies (and none holds poisoned weights)
         if last is not None:
             ckpt.load_weights(last, unwrapped, optimizer, dist)
+        elif not guarding.weights_finite(params, dist):
+            raise guarding.run_failed(
+                f"At step {state.step} the weights became non-finite and there is no checkpoint to go back "
+                "to. Lower train.lr, keep clipping on (train.max_grad_norm), or set train.save_every.",
+                run_dir,
+            )
         state.lr_scale *= tc.guard.lr_factor
         guard.rollbacks += 1
         guard.bad_in_row = 0
@@ -259,8 +272,8 @@ def train(
             grad_norm = dist.clip_grad_norm(params, max_norm)
             reason = guard.check(loss, grad_norm)
             if reason is None:
-                optimizer.step()
-            else:
+                reason = guarding.guarded_step(optimizer, undo, guard, dist)  # undone if it poisons weights
+            if reason is not None:
                 guard.events.append({"step": state.step + 1, "event": "skipped", "reason": reason})
                 console.print(f"[yellow]step {state.step + 1}: update skipped ({reason})[/yellow]")
             optimizer.zero_grad(set_to_none=True)
@@ -316,7 +329,10 @@ def train(
             f"command plus: out={run_dir} resume=auto"
         )
         return run_dir
+    failed = guarding.verdict(guard, state.step, guarding.weights_finite(params, dist))
     best = run_dir / "best"
+    if failed and failed.startswith("training ended with non-finite"):
+        raise guarding.run_failed(failed, run_dir)  # no final/ from poisoned weights
     if tc.early_stop.patience and best.is_dir():
         if dist.is_main:
             shutil.rmtree(run_dir / "final", ignore_errors=True)
@@ -348,8 +364,11 @@ def train(
             "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
         }
         summary["processes"], summary["distributed"] = dist.world, dist.mode
+        summary["failed"], summary["history"] = failed, resume_check.history_lines(run_dir)
         write_summary(run_dir, cfg, summary, n_params, report or {})
-    console.print(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
+    if failed:
+        raise guarding.run_failed(failed, run_dir)
+    console.out(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
 
 

@@ -77,6 +77,10 @@ def write_report(run_dir: Path, cfg, n_params: tuple[int, int], summary: dict, d
         f"  - step {e['step']}: {e['event']}" + (f" ({e['reason']})" if "reason" in e else "")
         for e in guard["events"][:20]
     ]
+    if summary.get("failed"):
+        lines += ["", "## Failed", "", summary["failed"]]
+    if summary.get("history"):  # resumed with changed settings: history.jsonl has every start
+        lines += ["", "## Settings changed on resume", ""] + [f"- {h}" for h in summary["history"]]
     if data:
         lines += ["", "## Data", ""] + [f"- {k}: {v}" for k, v in data.items()]
     lines += [

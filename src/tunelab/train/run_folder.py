@@ -23,7 +23,17 @@ from tunelab.train.dist import Dist
 from tunelab.train.report import write_report
 
 # what a fresh start removes, so that nothing of an older run in the same folder mixes in
-OLD_RUN = ["checkpoints", "final", "best", "merged", "plots", "metrics.jsonl", "report.md", "samples.jsonl"]
+OLD_RUN = [
+    "checkpoints",
+    "final",
+    "best",
+    "merged",
+    "plots",
+    "metrics.jsonl",
+    "report.md",
+    "samples.jsonl",
+    "summary.json",
+]
 
 
 def default_run_dir(stage: str) -> Path:
@@ -38,6 +48,11 @@ def clear_old_run(run_dir: Path) -> None:
 
 def write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist: Dist) -> None:
     """The resolved config, with what was derived from it (global batch, total steps, processes)."""
+    with writing(f"{run_dir / 'config.yaml'}", run_dir):
+        _write_config(run_dir, cfg, stage, total, dist)
+
+
+def _write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist: Dist) -> None:
     tc = cfg.train
     (run_dir / "config.yaml").write_text(
         dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
@@ -111,5 +126,6 @@ def how_to_go_on(run_dir: Path, fix: str) -> str:
 def write_summary(run_dir: Path, cfg: StageConfig, summary: dict, n_params: tuple[int, int], data: dict):
     """summary.json (for scripts and the ladder) and report.md."""
     summary["trainable_params"], summary["total_params"] = n_params
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_report(run_dir, cfg, n_params, summary, data)
+    with writing(f"the report {run_dir / 'report.md'}", run_dir):
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_report(run_dir, cfg, n_params, summary, data)

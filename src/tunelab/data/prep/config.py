@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tunelab.config import Section
+from tunelab.config import SEED_MAX, Section
 
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]  # Gopher's English list
 BOILERPLATE = [
@@ -34,13 +34,21 @@ class CleanConfig(Section):
         default_factory=lambda: list(BOILERPLATE),
         description="remove lines of at most boilerplate_max_words words containing one of these (any case)",
     )
-    boilerplate_max_words: int = Field(30, ge=1, description="longer lines are kept even if they match")
-    min_words: int | None = Field(50, ge=0, description="drop documents with fewer words")
-    max_words: int | None = Field(100_000, ge=1, description="drop documents with more words")
-    min_mean_word_len: float | None = Field(3, ge=0, description="drop when the mean word length is below")
-    max_mean_word_len: float | None = Field(10, ge=0, description="drop when the mean word length is above")
+    boilerplate_max_words: int = Field(
+        30, ge=1, le=1_000_000_000, description="longer lines are kept even if they match"
+    )
+    min_words: int | None = Field(50, ge=0, le=1_000_000_000, description="drop documents with fewer words")
+    max_words: int | None = Field(
+        100_000, ge=1, le=1_000_000_000, description="drop documents with more words"
+    )
+    min_mean_word_len: float | None = Field(
+        3, ge=0, le=1e9, description="drop when the mean word length is below"
+    )
+    max_mean_word_len: float | None = Field(
+        10, ge=0, le=1e9, description="drop when the mean word length is above"
+    )
     max_symbol_ratio: float | None = Field(
-        0.1, ge=0, description="drop when '#' or ellipses per word exceed this (Gopher)"
+        0.1, ge=0, le=1e9, description="drop when '#' or ellipses per word exceed this (Gopher)"
     )
     max_digit_ratio: float | None = Field(
         0.25, ge=0, le=1, description="drop when digits are more than this share of non-space characters"
@@ -55,7 +63,10 @@ class CleanConfig(Section):
         0.3, ge=0, le=1, description="drop when more lines than this share end with an ellipsis"
     )
     min_stop_words: int | None = Field(
-        2, ge=0, description="drop when fewer distinct stop words appear (English text; null for others)"
+        2,
+        ge=0,
+        le=1_000_000_000,
+        description="drop when fewer distinct stop words appear (English text; null for others)",
     )
     stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS), description="the stop words")
     max_no_punct_lines: float | None = Field(
@@ -85,7 +96,9 @@ class CleanConfig(Section):
     min_language_score: float = Field(
         0.65, ge=0, le=1, description="lowest probability of a kept language (py3langid)"
     )
-    examples: int = Field(3, ge=0, description="dropped documents shown per reason in the report")
+    examples: int = Field(
+        3, ge=0, le=1_000_000_000, description="dropped documents shown per reason in the report"
+    )
 
 
 class DedupConfig(Section):
@@ -96,7 +109,9 @@ class DedupConfig(Section):
     threshold: float = Field(
         0.8, gt=0, lt=1, description="near-duplicates: estimated Jaccard similarity of word n-gram sets"
     )
-    ngram: int = Field(5, ge=1, description="words per shingle")
+    ngram: int = Field(5, ge=1, le=1000, description="words per shingle")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (signature length)")
-    seed: int = Field(1, description="seed of the MinHash permutations")
-    examples: int = Field(5, ge=0, description="largest removed clusters shown with example texts")
+    seed: int = Field(1, ge=0, le=SEED_MAX, description="seed of the MinHash permutations")
+    examples: int = Field(
+        5, ge=0, le=1_000_000_000, description="largest removed clusters shown with example texts"
+    )
