@@ -16,6 +16,7 @@ from tunelab.commands.data import PREP_ACTIONS, cmd_data
 from tunelab.commands.keys import add_keys_help
 from tunelab.commands.ladder import cmd_ladder, cmd_plan, cmd_quickstart
 from tunelab.commands.models import cmd_best_of_n, cmd_generate, cmd_score, cmd_select
+from tunelab.commands.plan import add_cluster_arguments
 
 EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
 a .gguf file, or a PEFT adapter folder. Each command has --help."""
@@ -273,14 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="memory and time of a training run before it starts, and pre-training data needs"
     )
     plan.add_argument(
-        "model", nargs="?", default="smollm2-135m", help="model reference (default smollm2-135m)"
+        "model",
+        nargs="?",
+        default="smollm2-135m",
+        help="model reference, an HF folder or just its config.json (default smollm2-135m)",
     )
     plan.add_argument(
         "--method",
         nargs="+",
         choices=["full", "lora", "prompt"],
-        default=["full", "lora", "prompt"],
-        help="methods to plan",
+        help="methods to plan (default: full lora prompt on one machine, full lora on devices)",
     )
     plan.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
     plan.add_argument("--seq-len", type=int, default=256, help="tokens per row after padding (default 256)")
@@ -297,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="token folders (tunelab data tokenize) or text files: which model size they train well",
     )
+    add_cluster_arguments(plan)
     plan.set_defaults(func=cmd_plan)
 
     label = sub.add_parser("label", help="human preference labelling: label serve|stats|export PROJECT.yaml")

@@ -140,11 +140,14 @@ def estimate(
     )
 
 
-def machine_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """fp32 matmul speed of this machine now (best of a few runs of a size x size product)."""
+def machine_gflops(size: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
+    """Matmul speed of this machine now in `dtype` (best of a few runs of a size x size product)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = (
+        torch.randn(size, size, dtype=getattr(torch, dtype)),
+        torch.randn(size, size, dtype=getattr(torch, dtype)),
+    )
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):

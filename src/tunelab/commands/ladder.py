@@ -81,12 +81,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from tunelab.commands.plan import cluster_asked, cmd_plan_cluster
     from tunelab.console import table_console
-    from tunelab.models.load import load_model
     from tunelab.plan import data_fit, data_tokens, estimate, machine_gflops, pretraining_data
+    from tunelab.plan_cluster import load_config
 
     quiet_hf()
-    model, _ = load_model(args.model)
+    if cluster_asked(args):
+        return cmd_plan_cluster(args)
+    config = load_config(args.model)  # the config is all the estimate reads: no weights are loaded
     gflops = machine_gflops()
     table = Table(title=f"plan: {args.model}, batch {args.batch_size} x {args.seq_len} tokens, fp32 AdamW")
     for col in (
@@ -102,9 +105,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{args.steps} steps",
     ):
         table.add_column(col, justify="right")
-    for method in args.method:
+    for method in args.method or ["full", "lora", "prompt"]:
         p = estimate(
-            model.config,
+            config,
             method,
             batch_size=args.batch_size,
             seq_len=args.seq_len,

@@ -88,7 +88,10 @@ class Dist:
     def wrap(self, model, build_optimizer):
         """(model to train, optimizer). FSDP shards first, so the optimizer sees the sharded parameters."""
         if self.sharded and self.world > 1:  # one process: nothing to shard (checkpoints keep the format)
-            shard_model(model)
+            from torch.distributed.fsdp import FSDPModule
+
+            if not isinstance(model, FSDPModule):  # train/sharded_load.py shards while it loads
+                shard_model(model)
             return model, build_optimizer(model)
         optimizer = build_optimizer(model)
         return self.accelerator.prepare(model, optimizer)

@@ -341,6 +341,7 @@ def train(
     else:
         with writing(f"the final model {run_dir / 'final'}", run_dir):
             save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
+    peak_per_rank = dist.gather([round(peak_memory_mb())])  # a collective: every rank's peak so far
     if dist.is_main:
         if cfg.merge and cfg.adapter in ("lora", "dora") and not dist.sharded:
             import copy
@@ -361,6 +362,7 @@ def train(
             "elapsed_s": state.elapsed_s,
             "tokens": state.tokens,
             "peak_memory_mb": peak_memory_mb(),
+            "peak_rss_mb_per_rank": peak_per_rank,
             "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
         }
         summary["processes"], summary["distributed"] = dist.world, dist.mode

@@ -45,7 +45,12 @@ def write_report(run_dir: Path, cfg, n_params: tuple[int, int], summary: dict, d
         f"- final/ on disk: {_mb(folder_size(final)) if final.exists() else 'n/a'}"
         + (f"; a checkpoint: {_mb(folder_size(checkpoints[-1][1]))}" if checkpoints else ""),
         f"- processes: {summary.get('processes', 1)} ({summary.get('distributed', 'none')}); "
-        f"peak memory of rank 0: {summary['peak_memory_mb']:.0f} MB",
+        f"peak memory of rank 0: {summary['peak_memory_mb']:.0f} MB"
+        + (
+            f" (every rank: {', '.join(f'{mb:,}' for mb in summary['peak_rss_mb_per_rank'])} MB)"
+            if len(summary.get("peak_rss_mb_per_rank", [])) > 1
+            else ""
+        ),
         f"- speed: {statistics.median(speeds):.0f} {summary.get('unit', 'target tokens')}/s (median over steps)"
         if speeds
         else "- speed: n/a",

@@ -62,12 +62,18 @@ def _write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist:
 
 
 def save_final(
-    model, tok, folder: Path, cfg: StageConfig | None = None, state_dict: dict | None = None
+    model,
+    tok,
+    folder: Path,
+    cfg: StageConfig | None = None,
+    state_dict: dict | None = None,
+    weight_files: Path | None = None,
 ) -> Path:
     """An HF model folder (full fine-tuning) or a PEFT adapter folder, plus the tokenizer; atomically.
 
     tunelab.json records how prompts were rendered in training, so generate / score render the same way.
-    `state_dict`: the weights to write when the model itself holds only a shard of them (FSDP).
+    `state_dict`: the weights to write when the model itself holds only a shard of them (FSDP);
+    `weight_files`: a folder of safetensors files already written (train/sharded_load.py), moved in.
     """
     import warnings
 
@@ -77,7 +83,15 @@ def save_final(
         # peft looks the base name up on the hub to see if the vocabulary changed
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Could not find a config file")
-            model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+            if weight_files is not None:
+                tmp.mkdir(parents=True)
+                model.config.save_pretrained(tmp)
+                if getattr(model, "generation_config", None) is not None:
+                    model.generation_config.save_pretrained(tmp)
+                for file in weight_files.iterdir():
+                    os.replace(file, tmp / file.name)
+            else:
+                model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         tok.save_pretrained(tmp)
         if cfg is not None:
             render = {
@@ -98,9 +112,17 @@ def save_final(
 
 def save_final_everywhere(dist: Dist, model, tok, folder: Path, cfg: StageConfig | None = None) -> None:
     """Every rank calls it (FSDP gathers the weights onto rank 0); rank 0 writes."""
-    state = dist.full_state(model)
+    files = None
+    if dist.sharded and dist.world > 1:  # tensor by tensor: rank 0 never holds the whole model
+        from tunelab.train.sharded_load import gather_final
+
+        state, files = gather_final(dist, model, folder)
+    else:
+        state = dist.full_state(model)
     if dist.is_main:
-        save_final(model, tok, folder, cfg, state_dict=state)
+        save_final(model, tok, folder, cfg, state_dict=state, weight_files=files)
+        if files is not None:
+            shutil.rmtree(files, ignore_errors=True)
     dist.barrier()
 
 
