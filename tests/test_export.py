@@ -168,9 +168,10 @@ def test_gguf_q8_0_stays_close_and_is_quantised(runs, tmp_path):
 def test_reward_model_is_refused_as_gguf_unless_its_base_is_asked_for(runs, tmp_path, cli):
     code, _, err = cli("export", str(runs["rm-lora"]), "--to", "gguf", "--out", str(tmp_path / "rm"))
     assert code == 2 and "reward model" in err and "no scalar head" in err and "--base" in err
-    code, _, err = cli("export", str(runs["rm-none"]), "--to", "gguf", "--base", "--out", str(tmp_path / "b"))
-    assert code == 0, err
-    assert (tmp_path / "b" / "model.gguf").is_file()
+    for kind in ("rm-none", "rm-lora"):  # the base: tunelab.json's model, or the adapter's recorded one
+        code, _, err = cli("export", str(runs[kind]), "--to", "gguf", "--base", "--out", str(tmp_path / kind))
+        assert code == 0, err
+        assert (tmp_path / kind / "model.gguf").is_file()
     # as an HF folder it goes out whole, scalar head included
     code, _, err = cli("export", str(runs["rm-lora"]), "--to", "merged", "--out", str(tmp_path / "rm-merged"))
     assert code == 0, err

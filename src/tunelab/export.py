@@ -64,10 +64,13 @@ def is_reward_model(source: str) -> bool:
 
 
 def base_of(source: str) -> str:
-    """The model a run started from: the adapter's recorded base, else tunelab.json's model."""
+    """The language model a run started from: the adapter's recorded base, else tunelab.json's model."""
     folder = Path(source)
     if (folder / "adapter_config.json").is_file():
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base and is_reward_model(base):  # a 1-label sibling (models/portable.py): its files link to the LM
+            linked = [p for p in Path(base).iterdir() if p.is_symlink()]
+            return str(linked[0].resolve().parent) if linked else base
         if base:
             return base
     base = _meta(folder).get("model")
@@ -85,7 +88,7 @@ def load_merged(source: str):
     model, tok = load_model(source, head="reward" if is_reward_model(source) else "lm")
     peft_type = getattr(getattr(model, "peft_config", {}).get("default"), "peft_type", None)
     if peft_type is not None:
-        if str(getattr(peft_type, "value", peft_type)) not in ("LORA",):
+        if peft_type.value != "LORA":
             raise TunelabError(
                 f"'{source}' is a {peft_type.value.lower()} adapter: its virtual tokens are not weights an HF "
                 "folder or a GGUF file can hold. Load the adapter folder with PEFT instead "
