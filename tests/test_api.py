@@ -141,3 +141,13 @@ def test_rm_eval_and_ladder_are_still_their_modules_too():
     assert tunelab.rm.RewardScorer is RewardScorer and callable(tunelab.rm)
     assert json.loads(json.dumps({"ok": True}))  # nothing above replaced the command by the module
     assert repr(tunelab.eval).startswith("<tunelab.eval")
+
+
+def test_a_config_file_then_keys_as_on_the_command_line(tmp_path):
+    from pathlib import Path
+
+    from tunelab.api import _config
+
+    yaml_file = Path(__file__).parents[1] / "configs" / "sft.yaml"
+    cfg = _config("sft", yaml_file, {"train.lr": 3e-4, "out": str(tmp_path)})
+    assert cfg.adapter == "lora" and cfg.train.lr == 3e-4 and cfg.model.name == "smollm2-135m"
