@@ -13,6 +13,7 @@ import sys
 from tunelab import __version__
 from tunelab.commands import quiet_hf, split_config_args
 from tunelab.commands.data import PREP_ACTIONS, cmd_data
+from tunelab.commands.export import add_export_parser
 from tunelab.commands.keys import add_keys_help
 from tunelab.commands.ladder import cmd_ladder, cmd_plan, cmd_quickstart
 from tunelab.commands.models import cmd_best_of_n, cmd_generate, cmd_score, cmd_select
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Gaussian prior on log-strengths; 0 = pure maximum likelihood",
     )
     arena.set_defaults(func=cmd_arena)
+
+    add_export_parser(sub)
 
     doctor = sub.add_parser(
         "doctor", help="versions, the embedded model, free disk and memory, known-bad combinations"

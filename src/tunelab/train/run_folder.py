@@ -94,6 +94,9 @@ def save_final(
                 model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         tok.save_pretrained(tmp)
         if cfg is not None:
+            from tunelab.models.portable import record_base
+
+            record_base(tmp, cfg.model.name, cfg.seed)  # a base plain HF/PEFT resolve, not tunelab's alias
             render = {
                 "separator": cfg.data.separator,
                 "instruction": cfg.data.instruction,
