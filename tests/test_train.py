@@ -319,3 +319,33 @@ def test_freed_memory_goes_back_only_when_held_at_rest_beyond_the_earlier_peak(m
     freed = process.FreedMemory()
     assert [freed.release() for _ in range(6)] == [False, True, False, False, True, False]
     assert trims == [0, 0]
+
+
+def test_a_finished_run_keeps_final_and_drops_the_optimizer_state_unless_asked(tmp_path, pairs_file):
+    from tunelab.train import checkpoint as ckpt
+
+    args = ["adapter=none", "train.max_steps=4", "train.save_every=2", "train.lr=1e-3"]
+    run = sft.main(sft_config(tmp_path, pairs_file, *args, f"out={tmp_path / 'lean'}"))
+    steps = [folder for _, folder in ckpt.all_steps(run / "checkpoints")]
+    assert steps and all(not (f / "optimizer.pt").exists() for f in steps)
+    assert all(ckpt.verify(f) is None for f in steps)  # the manifest says what went
+    assert (run / "final" / "model.safetensors").is_file()
+
+    kept = sft.main(
+        sft_config(tmp_path, pairs_file, *args, "train.keep_optimizer=true", f"out={tmp_path / 'kept'}")
+    )
+    assert all((f / "optimizer.pt").is_file() for _, f in ckpt.all_steps(kept / "checkpoints"))
+
+    # training the lean run further resumes from its last checkpoint, the moments starting again
+    longer = sft.main(
+        sft_config(
+            tmp_path,
+            pairs_file,
+            "adapter=none",
+            "train.max_steps=6",
+            "train.save_every=2",
+            "train.lr=1e-3",
+            f"out={run}",
+        )
+    )
+    assert [m["step"] for m in metrics(longer)][-1] == 6

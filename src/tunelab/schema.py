@@ -114,6 +114,11 @@ class TrainSection(Section):
         None, ge=1, le=1_000_000_000, description="checkpoint every N steps (and at the end)"
     )
     keep_last: int = Field(2, ge=1, le=1_000_000_000, description="checkpoints to keep")
+    keep_optimizer: bool = Field(
+        False,
+        description="keep the checkpoints' optimizer state when the run finishes (to train further with "
+        "the same AdamW moments); off: final/ and the weights stay, the moments go",
+    )
     eval_every: int | None = Field(
         None, ge=1, le=1_000_000_000, description="evaluate on data.eval every N steps"
     )

@@ -165,6 +165,30 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def drop_optimizer_state(root: Path) -> int:
+    """After a run has finished: each checkpoint's optimizer state goes (AdamW's two moments, twice the
+    trainable weights: most of a full fine-tuning checkpoint), and its manifest says so. Returns the bytes
+    freed. Sharded and DeepSpeed checkpoints keep theirs (there the optimizer is interleaved with the
+    weights). A run resumed from such a checkpoint to train further starts its moments from zero."""
+    freed = 0
+    for _, folder in all_steps(root):
+        optim = folder / "optimizer.pt"
+        if not optim.is_file():
+            continue
+        freed += optim.stat().st_size
+        optim.unlink()
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        manifest["files"].pop("optimizer.pt", None)
+        manifest["dropped"] = {"optimizer.pt": "the run finished (train.keep_optimizer=false)"}
+        part = folder / (MANIFEST + ".part")
+        part.write_text(json.dumps(manifest, indent=1))
+        os.replace(part, folder / MANIFEST)
+    return freed
+
+
 def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint under `root` that verifies, and why each newer one was passed over."""
     passed: list[str] = []
@@ -233,7 +257,16 @@ def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
             f"{folder} was written without FSDP; resume it with the distributed mode it was written with."
         )
     load_trainable(model, load_file(folder / "trainable.safetensors"))
+    if not (folder / "optimizer.pt").is_file() and _dropped(folder, "optimizer.pt"):
+        return  # the run finished and let its optimizer state go: the moments start again from zero
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+
+
+def _dropped(folder: Path, name: str) -> bool:
+    try:
+        return name in json.loads((folder / MANIFEST).read_text()).get("dropped", {})
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load(folder: Path, model, optimizer, dist: Dist = SINGLE) -> dict:

@@ -350,6 +350,8 @@ def train(
                 copy.deepcopy(unwrapped).merge_and_unload(), tok, run_dir / "merged", cfg
             )  # the trained model stays as it is
         make_plots(run_dir)
+        if not tc.keep_optimizer and not failed:  # a finished run keeps final/, not AdamW's moments
+            ckpt.drop_optimizer_state(ckpt_root)
         summary = {
             "unit": unit,
             "stage": stage,
