@@ -63,7 +63,11 @@ def test_every_rung_reports_quality_and_cost(ladder_run):
         assert m["low"] <= m["value"] <= m["high"] and r["tokens_per_example"] > 0
         assert d["low"] <= d["diff"] <= d["high"] and d["diff"] <= 0  # the best rung is 0 [0, 0]
         assert set(costs) >= {"train_cpu_s", "train_wall_s", "peak_memory_mb", "stored_bytes"}
-        assert costs["answers"] == 10_000 and costs["seconds_per_answer"] > 0
+        assert (
+            costs["answers"] == 10_000
+            and costs["seconds_per_answer"] > 0
+            and costs["cpu_seconds_per_answer"] > 0
+        )
     assert rungs["zero_shot"]["train_seconds"] == 0 and rungs["zero_shot"]["stored_bytes"] == 0
     lora, full = rungs["lora"], rungs["full"]
     assert 0 < lora["trainable_params"] < full["trainable_params"]  # LoRA trains a sliver of the model

@@ -28,6 +28,7 @@ class StrategyResult:
     calls_per_example: float
     seconds_per_example: float
     shots: float | None = None  # mean few-shot examples that fit (few_shot only)
+    cpu_seconds_per_example: float | None = None  # this process's CPU time: stable on a shared machine
     rows: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -72,7 +73,7 @@ def evaluate(
     run = STRATEGIES[strategy]
     records, outcomes = [], []
     task_id = progress.add_task(strategy, total=len(rows)) if progress else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for first in range(0, len(rows), chunk):
         part = rows[first : first + chunk]
         for row, outcome in zip(part, run(lm, task, part, opts, seed + first), strict=True):
@@ -80,7 +81,7 @@ def evaluate(
             outcomes.append(outcome)
         if progress:
             progress.advance(task_id, len(part))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     n = len(records)
     metrics = {
         name: bootstrap_ci([r["scores"][name] for r in records], resamples=resamples, seed=seed)
@@ -96,4 +97,5 @@ def evaluate(
         seconds_per_example=seconds / max(n, 1),
         shots=sum(shots) / len(shots) if shots else None,
         rows=records,
+        cpu_seconds_per_example=cpu_seconds / max(n, 1),
     )

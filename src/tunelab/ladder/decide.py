@@ -31,7 +31,7 @@ class Candidate:
     name: str
     scores: list[float]  # the task metric on each held-out row (the same rows for every candidate)
     train_cpu_s: float = 0.0  # CPU seconds spent training
-    seconds_per_answer: float = 0.0
+    seconds_per_answer: float = 0.0  # CPU seconds per answer where measured
     peak_memory_mb: float = 0.0
     stored_bytes: int = 0
     tokens_per_answer: float = 0.0
@@ -173,7 +173,7 @@ def explain(pick: Candidate, best: Candidate, vs: dict, decided: list[str], rule
     costs = costs_of(pick, rule)
     why = (
         f"**{pick.name}**: {metric} {pick.metric:.2f}, {quality}. Its costs: compute {_fmt('compute_s', costs['compute_s'])} "
-        f"(training {pick.train_cpu_s:,.0f} CPU s + {rule.answers:,} answers x {pick.seconds_per_answer:.3f} s), "
+        f"(training {pick.train_cpu_s:,.0f} CPU s + {rule.answers:,} answers x {pick.seconds_per_answer:.3f} CPU s), "
         f"peak memory {costs['peak_memory_mb']:,.0f} MB, storage {costs['stored_mb']:,.1f} MB, "
         f"{costs['tokens_per_answer']:,.0f} tokens per answer."
     )

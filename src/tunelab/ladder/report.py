@@ -29,7 +29,7 @@ COLUMNS = [
     "peak MB (plan)",
     "stored",
     "tokens/answer",
-    "s/answer",
+    "CPU s/answer (wall)",
     "trained params",
     "Δ ppl",
     "Δ 2nd task",
@@ -90,7 +90,9 @@ def cells(ladder: Ladder, r: RungResult, vs: dict) -> list[str]:
         peak,
         _size(r.stored_bytes),
         "" if r.tokens_per_example is None else f"{r.tokens_per_example:.0f}",
-        "" if r.seconds_per_example is None else f"{r.seconds_per_example:.3f}",
+        ""
+        if r.seconds_per_example is None
+        else f"{r.cpu_per_example or r.seconds_per_example:.3f} ({r.seconds_per_example:.3f})",
         f"{r.trainable_params:,}",
         _signed(d_ppl, 2),
         _signed(d_ret, 2),
@@ -115,7 +117,7 @@ def candidate(r: RungResult) -> Candidate:
         r.name,
         r.scores,
         train_cpu_s=r.train_cpu_s,
-        seconds_per_answer=r.seconds_per_example or 0.0,
+        seconds_per_answer=r.cpu_per_example or r.seconds_per_example or 0.0,  # CPU when measured
         peak_memory_mb=r.peak_memory_mb or 0.0,
         stored_bytes=r.stored_bytes,
         tokens_per_answer=r.tokens_per_example or 0.0,
@@ -183,8 +185,9 @@ def results_doc(ladder: Ladder, decision: Decision, vs: dict) -> dict:
                 "stored_bytes": r.stored_bytes,
                 "tokens_per_answer": r.tokens_per_example,
                 "seconds_per_answer": r.seconds_per_example,
+                "cpu_seconds_per_answer": r.cpu_per_example,
                 "answers": r_.answers,
-                "compute_s": candidate(r).train_cpu_s + r_.answers * (r.seconds_per_example or 0.0),
+                "compute_s": candidate(r).train_cpu_s + r_.answers * candidate(r).seconds_per_answer,
             }
         )
         row["ruled_out"] = decision.ruled_out.get(r.name)
@@ -222,8 +225,8 @@ def _notes(ladder: Ladder) -> list[str]:
         "Train CPU s: the child processes' CPU seconds (stable on a shared machine), wall seconds in "
         "brackets; rl and best_of_n with policy=sft include the SFT rung they start from.",
         "Stored: weight files beyond the base model. Peak MB: the training process's peak resident memory "
-        "(plan's estimate in brackets); for prompting rungs, this process's memory. s/answer: wall seconds "
-        "per held-out answer in batches of " + str(cfg.eval.batch_size) + ".",
+        "(plan's estimate in brackets); for prompting rungs, this process's memory. CPU s/answer: this process's CPU seconds per "
+        "held-out answer in batches of " + str(cfg.eval.batch_size) + " (wall seconds in brackets).",
         f"Forgetting: Δ = after − before, on general text perplexity (base {base.perplexity:.2f}; higher = "
         f"forgot more) and on the second task `{cfg.retention.task}` (base "
         f"{base.retention if base.retention is not None else float('nan'):.2f}; lower = forgot more). "

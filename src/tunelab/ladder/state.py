@@ -42,7 +42,8 @@ class RungResult:
     peak_memory_mb: float | None = None
     plan_memory_mb: float | None = None
     tokens_per_example: float | None = None  # inference tokens (prompt + generated) per answer
-    seconds_per_example: float | None = None
+    seconds_per_example: float | None = None  # wall seconds per answer (batched)
+    cpu_per_example: float | None = None  # CPU seconds per answer: what the cost model uses
     perplexity: float | None = None  # on general text, after this rung
     retention: float | None = None  # second task's score, after this rung
     model_ref: str | None = None  # what to load to use this rung
@@ -170,6 +171,7 @@ class Ladder:
         result.scores = [row["scores"][self.task.metric] for row in evaluated.rows]
         result.tokens_per_example = evaluated.tokens_per_example
         result.seconds_per_example = evaluated.seconds_per_example
+        result.cpu_per_example = evaluated.cpu_seconds_per_example
         rows_file = self.out / "outputs" / f"{name or result.name}.jsonl"
         rows_file.parent.mkdir(exist_ok=True)
         rows_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluated.rows))
