@@ -32,14 +32,14 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         self.run_dir = run_dir
         if self.path.exists():  # a resumed run: forget what was logged after the checkpoint
-            kept = [
-                line
-                for line in self.path.read_text(errors="replace").splitlines()
-                if (row := _row(line)) is not None
-                and isinstance(row, dict)
-                and row.get("step", 0) <= resume_step
-            ]
             with _writing(f"the metrics log {self.path}", run_dir):
+                kept = [
+                    line
+                    for line in self.path.read_text(errors="replace").splitlines()
+                    if isinstance(row := _row(line), dict)
+                    and isinstance(row.get("step"), int)
+                    and row["step"] <= resume_step
+                ]
                 self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
         self._tb_dir = run_dir

@@ -167,7 +167,7 @@ def train(
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
 
     resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.out)  # verified, or a message
-    start = resume_check.check(run_dir, cfg, stage, resume_from)  # never go on with other settings
+    start = resume_check.check(run_dir, cfg, stage, resume_from, dist.world)  # never mix two runs
     source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
         saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
@@ -327,10 +327,11 @@ def train(
             f"command plus: out={run_dir} resume=auto"
         )
         return run_dir
-    failed = guarding.verdict(guard, state.step, guarding.weights_finite(params, dist))
-    best = run_dir / "best"
-    if failed and failed.startswith("training ended with non-finite"):
+    weights_ok = guarding.weights_finite(params, dist)
+    failed = guarding.verdict(guard, state.step, weights_ok)  # None, or why this run is no success
+    if not weights_ok:
         raise guarding.run_failed(failed, run_dir)  # no final/ from poisoned weights
+    best = run_dir / "best"
     if tc.early_stop.patience and best.is_dir():
         if dist.is_main:
             shutil.rmtree(run_dir / "final", ignore_errors=True)
