@@ -204,3 +204,13 @@ def test_lora_targets_the_model_lacks_are_a_message(tmp_path, cli, setting, says
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     code, _, err = cli(*SFT, setting, f"data.train={data}", f"out={tmp_path / 'run'}")
     assert code == 2 and says in one_paragraph(err)
+
+
+@pytest.mark.parametrize("row", [{"instruction": None, "answer": "a"}, {"instruction": "q", "input": 3, "answer": "a"}])
+def test_task_rows_with_a_null_or_non_text_instruction_are_problems(tmp_path, row):
+    # found by tests/test_fuzz.py (TUNELAB_FUZZ_EXAMPLES=5000): {"instruction": null} raised TypeError
+    from tunelab.tasks.task import task_rows
+
+    path = write_jsonl(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(DataError, match="expected text, got"):
+        task_rows(path, "{prompt}", "answer")
