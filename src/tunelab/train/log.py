@@ -1,7 +1,7 @@
 """Where a run's numbers go: metrics.jsonl (one object per logged step), TensorBoard, and PNG plots.
 
 A write that fails (a full disk, a folder made read-only) stops the run with one paragraph saying what
-could not be written and how to go on from the newest checkpoint (run_folder.writing); plots are made
+could not be written and how to go on from the newest checkpoint (checkpoint.writing); plots are made
 again from metrics.jsonl at the end, so a plot that cannot be written is only a warning.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _writing(what: str, run_dir: Path):
-    from tunelab.train.run_folder import writing  # here: run_folder reaches the loop's modules
+    from tunelab.train.checkpoint import writing
 
     return writing(what, run_dir)
 

@@ -176,8 +176,7 @@ def train(
         if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
         console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # out: no markup in paths
-        if start.changes:
-            console.out(f"changed on resume (recorded in history.jsonl): {resume_check.changes_text(start)}")
+        resume_check.announce(start, console.out)
     if start.finished and state.step >= total:  # a finished run is never rewritten by a rerun
         console.out(resume_check.nothing_to_do(run_dir))
         return run_dir
@@ -221,11 +220,7 @@ def train(
         if last is not None:
             ckpt.load_weights(last, unwrapped, optimizer, dist)
         elif not guarding.weights_finite(params, dist):
-            raise guarding.run_failed(
-                f"At step {state.step} the weights became non-finite and there is no checkpoint to go back "
-                "to. Lower train.lr, keep clipping on (train.max_grad_norm), or set train.save_every.",
-                run_dir,
-            )
+            raise guarding.nowhere_to_go_back(state.step, run_dir)
         state.lr_scale *= tc.guard.lr_factor
         guard.rollbacks += 1
         guard.bad_in_row = 0

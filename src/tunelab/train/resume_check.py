@@ -162,13 +162,18 @@ def record(run_dir: Path, step: int, start: Start) -> None:
         "changed": start.changes,
         "settings": start.settings,
     }
-    from tunelab.train.run_folder import writing
+    from tunelab.train.checkpoint import writing
 
     with (
         writing(f"the run history {run_dir / HISTORY}", run_dir),
         open(run_dir / HISTORY, "a" if step else "w") as f,
     ):
         f.write(json.dumps(entry) + "\n")
+
+
+def announce(start: Start, say) -> None:
+    if start.changes:
+        say(f"changed on resume (recorded in history.jsonl): {changes_text(start)}")
 
 
 def changes_text(start: Start) -> str:
