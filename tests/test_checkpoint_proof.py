@@ -212,6 +212,7 @@ def test_no_intact_checkpoint_or_a_damaged_named_one_stops_with_a_message(finish
         (["data.pack=true"], "data.pack: false -> true"),
         (["model=tiny:qwen2"], "model.name: tiny:llama -> tiny:qwen2"),
         (["seed=1", "lora.alpha=8"], "lora.alpha: 32.0 -> 8.0; seed: 0 -> 1"),
+        (["train.batch_size=4"], "train.batch_size x processes: 2 -> 4"),
     ],
 )
 def test_going_on_with_settings_that_change_what_is_trained_is_refused_naming_the_keys(

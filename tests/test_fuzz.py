@@ -130,13 +130,27 @@ def data_files(draw):
     return suffix, raw
 
 
+def _other_readers():
+    """The readers besides check_dataset: label pairs and honeypots, task rows, task files."""
+    from tunelab.label.pairs import read_honeypots, read_pairs
+    from tunelab.tasks.task import load_task, task_rows
+
+    return {
+        "pairs": read_pairs,
+        "honeypots": read_honeypots,
+        "task rows": lambda path: task_rows(path, "{prompt} {input}", "answer"),
+        "task file": lambda path: load_task(str(path)),
+    }
+
+
 @FUZZ
-@given(case=data_files(), kind=st.sampled_from(sorted(KINDS)))
+@given(case=data_files(), kind=st.sampled_from(sorted(KINDS) + ["pairs", "honeypots", "task rows"]))
 def test_any_data_file_gives_rows_or_our_error(folder, case, kind):
     suffix, raw = case
     path = folder / f"data{suffix}"
     path.write_bytes(raw)
-    _only_our_error(lambda: check_dataset(path, kind))
+    readers = _other_readers()
+    _only_our_error(lambda: readers[kind](path) if kind in readers else check_dataset(path, kind))
 
 
 # ---------------------------------------------------------------- configs
@@ -157,11 +171,12 @@ def yaml_texts(draw):
 
 
 @FUZZ
-@given(text=yaml_texts(), cls=st.sampled_from(CONFIGS))
+@given(text=yaml_texts(), cls=st.sampled_from([*CONFIGS, "task file"]))
 def test_any_config_file_gives_a_config_or_our_error(folder, text, cls):
     path = folder / "config.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
-    _only_our_error(lambda: load_config(cls, path))
+    read = _other_readers()["task file"] if cls == "task file" else lambda p: load_config(cls, p)
+    _only_our_error(lambda: read(path))
 
 
 @FUZZ

@@ -144,3 +144,9 @@ def test_an_alias_bomb_in_an_override_is_refused_too():
     assert load_config(SFTConfig, None, ["lora.targets=[q, v]"]).lora.targets == ["q", "v"]
     with pytest.raises(TunelabError, match="Override 'lora.targets': .* expand to over 100,000 values"):
         load_config(SFTConfig, None, [f"lora.targets={bomb}"])
+
+
+def test_an_unknown_key_of_any_spelling_is_named():
+    # found by tests/test_fuzz.py: a key with "[" in it was taken for a union tag and the message crashed
+    with pytest.raises(TunelabError, match=r"unknown key '\['"):
+        load_config(SFTConfig, None, ["[=null"])

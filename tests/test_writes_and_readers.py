@@ -164,10 +164,53 @@ def test_a_corpus_shorter_than_one_block_is_a_message(tmp_path, cli, one_thread)
 
 
 def test_user_text_with_markup_reaches_the_console_as_it_is(tmp_path, cli):
-    path = write_jsonl(
-        tmp_path / "[bold]x[link=evil.example]y.jsonl", [{"prompt": "p", "completion": None}]
-    )
+    path = write_jsonl(tmp_path / "[bold]x[link=evil.example]y.jsonl", [{"prompt": "p", "completion": None}])
     code, out, err = cli("data", "check", str(path), "--model", "none", "--kind", "pairs")
-    assert "Traceback" not in err and "[bold]x[link=evil.example]y.jsonl" in (out + err).replace(
-        "\n", ""
-    )
+    assert "Traceback" not in err and "[bold]x[link=evil.example]y.jsonl" in (out + err).replace("\n", "")
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("regex:[", "not a regular expression"),
+        ([], "name at least one reward"),
+        ([{"exact": 1.0}], "reward[0]: expected a reward name or {name: ..., weight: ...}"),
+        ([1, 2], "reward[0]: expected a reward name"),
+        ([{"name": "exact", "weight": float("nan")}], "weight must be a finite number"),
+        ([{"name": "exact", "weight": 10**400}], "weight must be a finite number"),
+        ([{"name": "exact", "weight": "heavy"}], "weight must be a finite number"),
+        (":x", "reward ':x'"),
+    ],
+)
+def test_a_reward_spec_that_cannot_work_is_a_message(spec, says):
+    from tunelab.rl.rewards import build_reward
+
+    with pytest.raises(TunelabError) as err:
+        build_reward(spec)
+    assert says in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "setting, says",
+    [
+        ("lora.targets=[]", "'lora.targets': name at least one module"),
+        (
+            "lora.targets=[nonexistent]",
+            "lora.targets: this model has no module ['nonexistent']; its linear layers:",
+        ),
+    ],
+)
+def test_lora_targets_the_model_lacks_are_a_message(tmp_path, cli, setting, says):
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    code, _, err = cli(*SFT, setting, f"data.train={data}", f"out={tmp_path / 'run'}")
+    assert code == 2 and says in one_paragraph(err)
+
+
+@pytest.mark.parametrize("row", [{"instruction": None, "answer": "a"}, {"instruction": "q", "input": 3, "answer": "a"}])
+def test_task_rows_with_a_null_or_non_text_instruction_are_problems(tmp_path, row):
+    # found by tests/test_fuzz.py (TUNELAB_FUZZ_EXAMPLES=5000): {"instruction": null} raised TypeError
+    from tunelab.tasks.task import task_rows
+
+    path = write_jsonl(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(DataError, match="expected text, got"):
+        task_rows(path, "{prompt}", "answer")

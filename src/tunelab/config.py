@@ -201,6 +201,8 @@ def _explain(cls: type[BaseModel], err: ValidationError, source: str) -> str:
     for e in err.errors():
         # union members show up in the location as tags like "literal[...]" or "list[...]": not keys
         loc = tuple(p for p in e["loc"] if isinstance(p, str) and "[" not in p)
+        if e["type"] == "extra_forbidden" and e["loc"] and loc[-1:] != (e["loc"][-1],):
+            loc = (*loc, str(e["loc"][-1]))  # the unknown key itself, whatever characters it holds
         key = ".".join(loc) or "(top level)"
         if key in seen:  # a union reports once per member; the first says what was expected
             continue

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from tunelab.config import SEED_MAX, Section
 from tunelab.prompting.strategies import PromptingOptions
@@ -22,9 +22,18 @@ class LoraSection(Section):
     r: int = Field(16, ge=1, le=4096, description="rank of the low-rank pair A (r x in), B (out x r)")
     alpha: float = Field(32, gt=0, le=65_536, description="scale: the update is (alpha / r) * B @ A")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    targets: list[str] | Literal["all-linear", "auto"] = Field(
-        "auto", description="module names to adapt; 'auto' = attention q/k/v/o for the architecture"
+    targets: list[Annotated[str, StringConstraints(min_length=1)]] | Literal["all-linear", "auto"] = Field(
+        "auto",
+        union_mode="left_to_right",
+        description="module names to adapt; 'auto' = attention q/k/v/o for the architecture",
     )
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module (e.g. [q_proj, v_proj]), or 'auto'")
+        return value
 
 
 class PromptSection(Section):

@@ -121,7 +121,7 @@ def main(cfg: EvalConfig) -> Path:
     from tunelab.rm import render_options_for
     from tunelab.tasks.task import load_task
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False, highlight=False)  # model, task and paths are the user's
     task = load_task(cfg.task, seed=cfg.seed, size=cfg.eval.limit or 200)
     rows = (task.eval if cfg.eval.split == "eval" else task.train)[: cfg.eval.limit]
     if not rows:

@@ -25,6 +25,17 @@ ATTENTION_TARGETS = {
 
 
 def lora_targets(model, targets) -> list[str] | str:
+    if isinstance(targets, list):  # names the model lacks: peft would end in a traceback
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        missing = [
+            t for t in targets if t not in linear and not any(n.endswith(t) for n, _ in model.named_modules())
+        ]
+        if missing:
+            raise TunelabError(
+                f"lora.targets: this model has no module {missing}; its linear layers: {', '.join(linear)}."
+            )
     if targets != "auto":
         return targets
     kind = model.config.model_type

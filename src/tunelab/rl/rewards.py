@@ -43,7 +43,10 @@ def number_close(example: dict, completion: str, tolerance: float = 1e-6) -> flo
 
 
 def regex_reward(pattern: str) -> RewardFn:
-    compiled = re.compile(pattern, re.DOTALL)
+    try:
+        compiled = re.compile(pattern, re.DOTALL)
+    except re.error as exc:
+        raise TunelabError(f"reward 'regex:{pattern}': not a regular expression ({exc}).") from None
 
     def matches(example: dict, completion: str) -> float:
         return float(bool(compiled.search(completion)))
@@ -77,7 +80,10 @@ def _gym_reward(task: str) -> RewardFn:
         raise TunelabError(
             "reward=reasoning_gym:... needs the optional extra: pip install 'tunelab[gym]'."
         ) from None
-    dataset = reasoning_gym.create_dataset(task, size=1, seed=0)
+    try:
+        dataset = reasoning_gym.create_dataset(task, size=1, seed=0)
+    except (ValueError, KeyError, TypeError) as exc:  # an unknown task name
+        raise TunelabError(f"reward 'reasoning_gym:{task}': {exc}.") from None
 
     def gym(example: dict, completion: str) -> float:
         entry = example.get("entry") or {
@@ -179,12 +185,31 @@ class Combined:
 
 
 def build_reward(spec) -> Combined:
-    """`"exact"`, `["exact", "length"]` or `[{"name": ..., "weight": ...}, ...]` -> Combined."""
+    """`"exact"`, `["exact", "length"]` or `[{"name": ..., "weight": ...}, ...]` -> Combined. Anything
+    else (an empty list, an entry without a name, a weight that is not a finite number) is a TunelabError."""
     items = spec if isinstance(spec, list) else [spec]
+    if not items:
+        raise TunelabError("reward=[]: name at least one reward (e.g. reward=exact).")
     sources = []
-    for item in items:
-        name, weight = (
-            (item, 1.0) if isinstance(item, str) else (item["name"], float(item.get("weight", 1.0)))
-        )
+    for i, item in enumerate(items):
+        name, weight = _entry(item, f"reward[{i}]" if isinstance(spec, list) else "reward")
         sources.append((name, weight, reward_source(name)))
     return Combined(sources)
+
+
+def _entry(item, where: str) -> tuple[str, float]:
+    """(name, weight) of one reward entry: a name, or {name, weight}."""
+    if isinstance(item, str) and item:
+        return item, 1.0
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "weight"}:
+        raise TunelabError(
+            f"{where}: expected a reward name or {{name: ..., weight: ...}}, got {str(item)[:60]!r}."
+        )
+    weight = item.get("weight", 1.0)
+    try:
+        ok = not isinstance(weight, bool) and math.isfinite(float(weight))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise TunelabError(f"{where}: weight must be a finite number, got {str(weight)[:40]!r}.")
+    return item["name"], float(weight)

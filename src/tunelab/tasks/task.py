@@ -178,6 +178,18 @@ def task_rows(path: str | Path, template: str, answer_field: str | None) -> list
             continue
         if "instruction" in record and "prompt" not in record:  # alpaca rows
             extra = record.get("input")
+            bad = next(
+                (
+                    f
+                    for f in ("instruction", "input")
+                    if record.get(f) is not None and not isinstance(record[f], str)
+                ),
+                None,
+            )
+            if bad or record["instruction"] is None:  # found by tests/test_fuzz.py: null crashed the join
+                what = "null" if record.get(bad or "instruction") is None else type(record[bad]).__name__
+                problems.append(Problem(str(path), line, bad or "instruction", f"expected text, got {what}"))
+                continue
             record = {**record, "prompt": record["instruction"] + (f"\n\n{extra}" if extra else "")}
         found = [
             Problem(

@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tunelab.errors import TunelabError
 from tunelab.train.dist import SINGLE, Dist
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -204,8 +206,6 @@ def resume_point(resume: str, root: Path, say: Callable[[str], None]) -> Path | 
     """The checkpoint `resume` (auto | never | PATH) asks for, verified. `auto` takes the newest intact
     one under `root` and says which damaged ones it passed over; a TunelabError when none is intact, or
     when the named PATH is damaged."""
-    from tunelab.errors import TunelabError
-
     if resume == "never":
         return None
     if resume == "auto":
@@ -251,8 +251,6 @@ def load_weights(folder: Path, model, optimizer, dist: Dist = SINGLE) -> None:
         dist.accelerator.load_state(str(folder / "deepspeed"))
         return
     if dist.sharded and dist.world > 1:
-        from tunelab.errors import TunelabError
-
         raise TunelabError(
             f"{folder} was written without FSDP; resume it with the distributed mode it was written with."
         )
@@ -272,8 +270,6 @@ def _dropped(folder: Path, name: str) -> bool:
 def load(folder: Path, model, optimizer, dist: Dist = SINGLE) -> dict:
     """Restore weights, optimizer and this rank's RNG; return the loop state. A checkpoint that does not
     fit the model (another adapter, another shape) or cannot be read is a TunelabError."""
-    from tunelab.errors import TunelabError
-
     try:
         load_weights(folder, model, optimizer, dist)
         rng = folder / _rng_file(dist.rank)
@@ -322,3 +318,22 @@ def prune(root: Path, keep: int) -> None:
 
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@contextmanager
+def writing(what: str, run_dir: Path):
+    """A write that fails (mostly a full disk) is for the user to fix: say what failed and how to go on."""
+    try:
+        yield
+    except WRITE_ERRORS as exc:
+        free = shutil.disk_usage(run_dir).free / 2**30
+        raise TunelabError(  # torch's own message ("unexpected pos ...") does not say it was a write
+            f"could not write {what} ({free:.1f} GB free there; a full disk is the usual cause): {exc}. "
+            + how_to_go_on(run_dir, "free some space")
+        ) from None
+
+
+def how_to_go_on(run_dir: Path, fix: str) -> str:
+    newest = latest(run_dir / "checkpoints")
+    where = f"The newest complete checkpoint is {newest}" if newest else "No checkpoint is complete yet"
+    return f"{where}; {fix} and run the same command again with out={run_dir} resume=auto."

@@ -152,5 +152,13 @@ def verdict(guard: Guard, steps: int, weights_ok: bool) -> str | None:
     return None
 
 
+def nowhere_to_go_back(step: int, run_dir) -> TunelabError:
+    return run_failed(
+        f"At step {step} the weights became non-finite and there is no checkpoint to go back to. Lower "
+        "train.lr, keep clipping on (train.max_grad_norm), or set train.save_every.",
+        run_dir,
+    )
+
+
 def run_failed(message: str, run_dir) -> TunelabError:
     return TunelabError(f"{message} The run folder {run_dir} keeps the log and report.")

@@ -1,7 +1,7 @@
 """Where a run's numbers go: metrics.jsonl (one object per logged step), TensorBoard, and PNG plots.
 
 A write that fails (a full disk, a folder made read-only) stops the run with one paragraph saying what
-could not be written and how to go on from the newest checkpoint (run_folder.writing); plots are made
+could not be written and how to go on from the newest checkpoint (checkpoint.writing); plots are made
 again from metrics.jsonl at the end, so a plot that cannot be written is only a warning.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _writing(what: str, run_dir: Path):
-    from tunelab.train.run_folder import writing  # here: run_folder reaches the loop's modules
+    from tunelab.train.checkpoint import writing
 
     return writing(what, run_dir)
 
@@ -32,14 +32,14 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         self.run_dir = run_dir
         if self.path.exists():  # a resumed run: forget what was logged after the checkpoint
-            kept = [
-                line
-                for line in self.path.read_text(errors="replace").splitlines()
-                if (row := _row(line)) is not None
-                and isinstance(row, dict)
-                and row.get("step", 0) <= resume_step
-            ]
             with _writing(f"the metrics log {self.path}", run_dir):
+                kept = [
+                    line
+                    for line in self.path.read_text(errors="replace").splitlines()
+                    if isinstance(row := _row(line), dict)
+                    and isinstance(row.get("step"), int)
+                    and row["step"] <= resume_step
+                ]
                 self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
         self._tb_dir = run_dir

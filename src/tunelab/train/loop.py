@@ -167,7 +167,7 @@ def train(
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
 
     resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.out)  # verified, or a message
-    start = resume_check.check(run_dir, cfg, stage, resume_from)  # never go on with other settings
+    start = resume_check.check(run_dir, cfg, stage, resume_from, dist.world)  # never mix two runs
     source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
     if resume_from is not None:
         saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
@@ -176,8 +176,7 @@ def train(
         if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
         console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # out: no markup in paths
-        if start.changes:
-            console.out(f"changed on resume (recorded in history.jsonl): {resume_check.changes_text(start)}")
+        resume_check.announce(start, console.out)
     if start.finished and state.step >= total:  # a finished run is never rewritten by a rerun
         console.out(resume_check.nothing_to_do(run_dir))
         return run_dir
@@ -221,11 +220,7 @@ def train(
         if last is not None:
             ckpt.load_weights(last, unwrapped, optimizer, dist)
         elif not guarding.weights_finite(params, dist):
-            raise guarding.run_failed(
-                f"At step {state.step} the weights became non-finite and there is no checkpoint to go back "
-                "to. Lower train.lr, keep clipping on (train.max_grad_norm), or set train.save_every.",
-                run_dir,
-            )
+            raise guarding.nowhere_to_go_back(state.step, run_dir)
         state.lr_scale *= tc.guard.lr_factor
         guard.rollbacks += 1
         guard.bad_in_row = 0
@@ -329,10 +324,11 @@ def train(
             f"command plus: out={run_dir} resume=auto"
         )
         return run_dir
-    failed = guarding.verdict(guard, state.step, guarding.weights_finite(params, dist))
-    best = run_dir / "best"
-    if failed and failed.startswith("training ended with non-finite"):
+    weights_ok = guarding.weights_finite(params, dist)
+    failed = guarding.verdict(guard, state.step, weights_ok)  # None, or why this run is no success
+    if not weights_ok:
         raise guarding.run_failed(failed, run_dir)  # no final/ from poisoned weights
+    best = run_dir / "best"
     if tc.early_stop.patience and best.is_dir():
         if dist.is_main:
             shutil.rmtree(run_dir / "final", ignore_errors=True)

@@ -61,6 +61,9 @@ MAY_CHANGE = (
 # written into config.yaml beside the settings, derived from them and the machine
 DERIVED = ("total_steps", "global_batch", "processes", "distributed_mode")
 CONTENTS = "data.train (contents)"
+# rows per global micro-batch: what the data position counts in, so it may not change; how it is
+# shared out between processes may (resuming on another number of processes is supported)
+MICRO = "train.batch_size x processes"
 
 
 @dataclass
@@ -70,10 +73,11 @@ class Start:
     finished: bool = False  # the folder holds a finished run with compatible settings
 
 
-def settings(cfg, stage: str) -> dict:
+def settings(cfg, stage: str, world: int = 1) -> dict:
     """Every setting as a flat `{dotted.key: value}`, the stage, and the training data's fingerprint."""
     flat = _flatten(cfg.model_dump(mode="json"))
     flat["stage"] = stage
+    flat[MICRO] = flat.pop("train.batch_size") * world
     train = getattr(getattr(cfg, "data", None), "train", None)
     if train:
         flat[CONTENTS] = fingerprint(Path(train))
@@ -117,13 +121,17 @@ def recorded(run_dir: Path) -> dict | None:
         except yaml.YAMLError:
             return None
         if isinstance(data, dict):
-            return {k: v for k, v in _flatten(data).items() if k not in DERIVED}
+            flat = _flatten(data)
+            if isinstance(flat.get("train.batch_size"), int):
+                flat[MICRO] = flat.pop("train.batch_size") * int(flat.get("processes") or 1)
+            return {k: v for k, v in flat.items() if k not in DERIVED}
     return None
 
 
-def check(run_dir: Path, cfg, stage: str, resume_from: Path | None) -> Start:
-    """Compare the settings with those recorded for the run this one would go on from."""
-    now = settings(cfg, stage)
+def check(run_dir: Path, cfg, stage: str, resume_from: Path | None, world: int = 1) -> Start:
+    """Compare the settings with those recorded for the run this one would go on from (`world`: the
+    number of processes now)."""
+    now = settings(cfg, stage, world)
     home = run_dir if resume_from is None else _run_of(resume_from) or run_dir
     before = recorded(home) if cfg.resume != "never" else None
     finished = resume_from is None and _finished(run_dir) and cfg.resume == "auto"
@@ -154,13 +162,18 @@ def record(run_dir: Path, step: int, start: Start) -> None:
         "changed": start.changes,
         "settings": start.settings,
     }
-    from tunelab.train.run_folder import writing
+    from tunelab.train.checkpoint import writing
 
     with (
         writing(f"the run history {run_dir / HISTORY}", run_dir),
         open(run_dir / HISTORY, "a" if step else "w") as f,
     ):
         f.write(json.dumps(entry) + "\n")
+
+
+def announce(start: Start, say) -> None:
+    if start.changes:
+        say(f"changed on resume (recorded in history.jsonl): {changes_text(start)}")
 
 
 def changes_text(start: Start) -> str:

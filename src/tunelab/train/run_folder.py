@@ -12,13 +12,12 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.config import dump_config
-from tunelab.errors import TunelabError
 from tunelab.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
+from tunelab.train.checkpoint import how_to_go_on, writing  # noqa: F401  (the loop imports them from here)
 from tunelab.train.dist import Dist
 from tunelab.train.report import write_report
 
@@ -127,25 +126,6 @@ def save_final_everywhere(dist: Dist, model, tok, folder: Path, cfg: StageConfig
         if files is not None:
             shutil.rmtree(files, ignore_errors=True)
     dist.barrier()
-
-
-@contextmanager
-def writing(what: str, run_dir: Path):
-    """A write that fails (mostly a full disk) is for the user to fix: say what failed and how to go on."""
-    try:
-        yield
-    except ckpt.WRITE_ERRORS as exc:
-        free = shutil.disk_usage(run_dir).free / 2**30
-        raise TunelabError(  # torch's own message ("unexpected pos ...") does not say it was a write
-            f"could not write {what} ({free:.1f} GB free there; a full disk is the usual cause): {exc}. "
-            + how_to_go_on(run_dir, "free some space")
-        ) from None
-
-
-def how_to_go_on(run_dir: Path, fix: str) -> str:
-    newest = ckpt.latest(run_dir / "checkpoints")
-    where = f"The newest complete checkpoint is {newest}" if newest else "No checkpoint is complete yet"
-    return f"{where}; {fix} and run the same command again with out={run_dir} resume=auto."
 
 
 def write_summary(run_dir: Path, cfg: StageConfig, summary: dict, n_params: tuple[int, int], data: dict):
