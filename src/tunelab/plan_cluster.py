@@ -368,7 +368,10 @@ def cluster_rows(
         if pick is not None:
             pick[0].cheapest = True
             if pick[1]:
-                pick[0].notes.append("fits with activation checkpointing")
+                pick[0].notes.append(
+                    "fits with activation checkpointing, which tunelab has no setting for yet "
+                    "(transformers: model.gradient_checkpointing_enable())"
+                )
     assumptions = {
         "device": gpu,
         "device_memory_gb": memory,
