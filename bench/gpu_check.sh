@@ -48,7 +48,7 @@ declare -A RUNS=(
   [sft_full]="sft configs/sft.yaml adapter=none train.lr=1e-5"
   [rm]="rm configs/rm.yaml data.eval_split=0"
   [dpo]="dpo configs/dpo.yaml"
-  [grpo]="rl configs/rl.yaml rl.group=4 rl.prompts_per_step=2 rollout.max_new_tokens=16 rollout.temperature=0"
+  [grpo]="rl configs/rl.yaml rl.group=4 rl.prompts_per_step=2 rollout.max_new_tokens=16"
 )
 COMMON="train.max_steps=3 train.save_every=null train.eval_every=null resume=never seed=0 train.batch_size=4"
 
@@ -88,7 +88,7 @@ for name in sft_lora sft_full rm dpo grpo; do
     if run_stage "$name" cuda && run_stage "$name" cpu; then
         compare "$name" "$name-cpu" "$name-cuda" "$tol" | tee -a "$SUMMARY" || failed=1
     else
-        say "FAIL $name: a run did not finish (see $ROOT/$name-*.log): $(tail -2 "$ROOT/$name-cuda.log" "$ROOT/$name-cpu.log" | tr '\n' ' ' | cut -c1-400)"; failed=1
+        say "FAIL $name: a run did not finish (see $ROOT/$name-*.log): $(tail -n 2 "$ROOT/$name-cuda.log" "$ROOT/$name-cpu.log" | tr '\n' ' ' | cut -c1-400)"; failed=1
     fi
     if [ "$HAS_PRECISION" = 1 ]; then
         if run_stage "$name" cuda_bf16 train.precision=bf16; then
@@ -119,7 +119,7 @@ if timeout 180 $PY -m tunelab $FSDP "out=$ROOT/fsdp_plain" >"$ROOT/fsdp_plain.lo
     grep "sharded load" "$ROOT/fsdp_sharded.log" | tee -a "$SUMMARY"
     compare fsdp fsdp_plain fsdp_sharded 1e-4 | tee -a "$SUMMARY" || failed=1
 else
-    say "FAIL fsdp sharded loading: see $ROOT/fsdp_*.log: $(tail -2 "$ROOT/fsdp_sharded.log" | tr '\n' ' ' | cut -c1-300)"; failed=1
+    say "FAIL fsdp sharded loading: see $ROOT/fsdp_*.log: $(tail -n 2 "$ROOT/fsdp_sharded.log" | tr '\n' ' ' | cut -c1-300)"; failed=1
 fi
 say "  (fsdp: $((SECONDS - start)) s)"
 
@@ -135,7 +135,7 @@ if $PY -c "import vllm" >/dev/null 2>&1; then
         say "PASS bench/vllm_rollout.py:"; tail -6 "$ROOT/vllm_rollout.log" | tee -a "$SUMMARY"
         cp bench/results/vllm_rollout.json "$ROOT/" 2>/dev/null
     else
-        say "FAIL bench/vllm_rollout.py: $(tail -2 "$ROOT/vllm_rollout.log" | tr '\n' ' ' | cut -c1-300)"; failed=1
+        say "FAIL bench/vllm_rollout.py: $(tail -n 2 "$ROOT/vllm_rollout.log" | tr '\n' ' ' | cut -c1-300)"; failed=1
     fi
 else
     say "SKIP vLLM: not installed here (pip install 'tunelab[vllm]')"
