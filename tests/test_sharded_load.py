@@ -75,3 +75,13 @@ def test_lora_on_a_sharded_base_starts_from_the_adapter_one_process_draws(tmp_pa
     two = two_processes(*args, "train.batch_size=4", "distributed=fsdp", f"out={tmp_path / 'two'}")
     assert len(_materialised(two.stderr)) == 2
     assert_same_run(tmp_path / "one", tmp_path / "two", tol=1e-4)  # adapter weights too (final/)
+
+
+def test_on_one_process_the_weights_are_read_straight_into_place(tmp_path, model_dir):
+    # distributed=fsdp on one process: built on the meta device, every byte read once, the plain run
+    args = _args(tmp_path, model_dir, "none", 3e-3)
+    one_process(*args, "train.batch_size=8", f"out={tmp_path / 'plain'}")
+    meta = one_process(*args, "train.batch_size=8", "distributed=fsdp", f"out={tmp_path / 'meta'}")
+    ((read, whole),) = _materialised(meta.stderr).values()
+    assert read == whole
+    assert_same_run(tmp_path / "plain", tmp_path / "meta", tol=1e-6)

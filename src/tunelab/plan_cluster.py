@@ -18,7 +18,8 @@ Model states, bytes per device, N devices, Adam (ZeRO paper, Rajbhandari et al. 
 - LoRA / prompt tuning: the frozen base is held in the compute dtype (sharded only by zero3 / fsdp); the
   trainable parameters follow the rules above.
 - `--offload optimizer` moves the optimizer states to host memory (ZeRO-Offload); `--offload params`
-  (zero3 / fsdp only) moves the weight shards there too. They are reported as `host_gb`.
+  (zero3 / fsdp only) moves the weight shards there too; FSDP2's CPUOffloadPolicy moves shards,
+  gradients and the optimizer step together (offload params only). Reported as `host_gb`.
 
 Activations (per device, micro-batch b x T tokens), elements kept for backward per token and layer,
 read off HF's Llama layer with SDPA (no T x T attention matrix is kept on a GPU): full fine-tuning
@@ -97,6 +98,7 @@ class Row:
     host_gb: float
     flops_per_step: float  # per device
     seconds_per_step: float | None
+    seconds_per_step_checkpointed: float | None  # with activation checkpointing (one more forward)
     tokens_per_s: float | None  # all devices together
     fits: bool | None = None
     cheapest: bool = False
@@ -240,6 +242,11 @@ def plan_row(
             states["parameters"] = 0.0
         else:
             notes.append("--offload params needs zero3 or fsdp: weights stay on the device")
+    if (
+        strategy == "fsdp" and offload != "none"
+    ):  # CPUOffloadPolicy: shards, gradients and the step on the host
+        host += states["gradients"]
+        states["gradients"] = 0.0
     k = BYTES[precision]
     layer_params = (params - d["vocab"] * d["h"] * (1 if d["tied"] else 2)) / d["layers"]
     gathered = 2 * layer_params * k if strategy in ("zero3", "fsdp") and devices > 1 else 0.0
@@ -256,10 +263,11 @@ def plan_row(
     }
     base = sum(v for key, v in memory.items() if key != "activations")
     per_token = (6 if method == "full" else 4) * params + 12 * d["layers"] * d["h"] * T
-    if checkpointing:
-        per_token += 2 * params + 4 * d["layers"] * d["h"] * T  # the forward again
-    flops = per_token * tokens * grad_accum
+    again = 2 * params + 4 * d["layers"] * d["h"] * T  # checkpointing runs the forward again
+    flops = (per_token + (again if checkpointing else 0)) * tokens * grad_accum
     seconds = flops / (tflops * 1e12 * mfu) if tflops else None
+    flops_ckpt = (per_token + again) * tokens * grad_accum
+    seconds_ckpt = flops_ckpt / (tflops * 1e12 * mfu) if tflops else None
     return Row(
         method=method,
         strategy=strategy,
@@ -276,10 +284,19 @@ def plan_row(
         host_gb=round(host / GB, 3),
         flops_per_step=flops,
         seconds_per_step=seconds,
+        seconds_per_step_checkpointed=seconds_ckpt,
         tokens_per_s=tokens * grad_accum * devices / seconds if seconds else None,
-        run_with=HOW_TO_RUN[strategy],
+        run_with=HOW_TO_RUN[strategy] + _offload_how(strategy, offload),
         notes=notes,
     )
+
+
+def _offload_how(strategy: str, offload: str) -> str:
+    if offload == "none":
+        return ""
+    if offload == "optimizer" and strategy in ("zero2", "zero3"):
+        return " deepspeed.offload=cpu"
+    return " + host offload of the weights (DeepSpeed offload_param / FSDP2 CPUOffloadPolicy: not in tunelab's config yet)"
 
 
 def cheapest(rows: list[Row], device_gb: float) -> tuple[Row, bool] | None:
@@ -330,6 +347,8 @@ def cluster_rows(
                 for offload in offloads or ["none"]:
                     if strategy == "ddp" and devices > 1 and offload != "none":
                         continue  # offload is a ZeRO / FSDP feature
+                    if strategy == "fsdp" and offload == "optimizer":
+                        continue  # FSDP2 offloads weights, gradients and optimizer together (offload params)
                     row = plan_row(
                         config,
                         method=method,
@@ -349,7 +368,10 @@ def cluster_rows(
         if pick is not None:
             pick[0].cheapest = True
             if pick[1]:
-                pick[0].notes.append("fits with activation checkpointing")
+                pick[0].notes.append(
+                    "fits with activation checkpointing, which tunelab has no setting for yet "
+                    "(transformers: model.gradient_checkpointing_enable())"
+                )
     assumptions = {
         "device": gpu,
         "device_memory_gb": memory,

@@ -106,7 +106,18 @@ def cmd_plan_cluster(args: argparse.Namespace) -> int:
     )
     table = Table(title=title)
     parts = ("parameters", "gradients", "optimizer", "gathered", "activations", "logits")
-    columns = ["method", "strategy", "prec.", "offload", *parts, "GB/device", "with ckpt", "s/step", "fits"]
+    columns = [
+        "method",
+        "strategy",
+        "prec.",
+        "offload",
+        *parts,
+        "GB/device",
+        "with ckpt",
+        "s/step",
+        "with ckpt",
+        "fits",
+    ]
     for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
@@ -124,6 +135,7 @@ def cmd_plan_cluster(args: argparse.Namespace) -> int:
             f"{r.per_device_gb:.1f}",
             f"{r.per_device_gb_checkpointed:.1f}",
             f"{r.seconds_per_step:.2f}" if r.seconds_per_step else "n/a",
+            f"{r.seconds_per_step_checkpointed:.2f}" if r.seconds_per_step_checkpointed else "n/a",
             fits,
         )
     console = table_console()

@@ -3,13 +3,13 @@ its own rows of every weight from the safetensors files, and `final/` is written
 
     torchrun --nproc_per_node 8 -m tunelab sft cfg.yaml model=path/to/hf_dir adapter=none distributed=fsdp
 
-Used by `prepare_model` when `distributed=fsdp` runs on several processes and the model is a
-safetensors folder (an HF folder or the embedded model) with a causal-LM head and adapter none or lora:
+Used by `prepare_model` when `distributed=fsdp` and the model is a safetensors folder (an HF folder or the embedded model) with a causal-LM head and adapter none or lora:
 1. the model is built under `init_empty_weights` (parameters on the meta device; buffers such as the
    rotary frequencies are real, they are small and computed, not stored);
 2. a LoRA adapter is attached to that skeleton (its layers must sit inside the FSDP units);
 3. `fully_shard` on every decoder layer and the root (train/dist.shard_model), then `to_empty`: each
    rank allocates its shard only (FSDP2 shards dim 0 in `torch.chunk` pieces);
+   (on one process nothing is sharded: the weights are read straight onto the device, no CPU copy);
 4. every parameter's local rows are read with safetensors' `get_slice`, so a rank never materialises
    more than its share; LoRA's weights are drawn again from the RNG state the attach started from,
    in peft's order, so they equal a one-process run's bit for bit.
@@ -41,7 +41,7 @@ def applies(cfg, head: str) -> bool:
     """Sharded loading is used for this run (see the module docstring for when)."""
     from tunelab.models.load import resolve
 
-    if cfg.distributed != "fsdp" or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if cfg.distributed != "fsdp":
         return False
     if head != "lm" or cfg.adapter not in ("none", "lora"):
         return False
@@ -95,8 +95,11 @@ def load_sharded(cfg):
     rng = torch.get_rng_state()  # where peft starts drawing the adapter's weights
     model = attach_adapter(model, tok, cfg)
     buffers = {name: b.clone() for name, b in model.named_buffers() if b.device.type != "meta"}
-    shard_model(model)
+    if dist.world > 1:  # one process: no process group to shard over; the weights go straight to the device
+        shard_model(model)
     model.to_empty(device=dist.device)  # each rank allocates its own shard of every parameter, no more
+    if dist.world == 1:
+        model.tie_weights()  # unsharded, to_empty gives each module its own new tensor: tie them again
     with torch.no_grad():
         for name, buffer in buffers.items():
             model.get_buffer(name).copy_(buffer)
