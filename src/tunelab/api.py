@@ -232,6 +232,14 @@ def _builtin_metric(name: str) -> bool:
 # ---------------------------------------------------------------- running a stage
 
 
+def _schema_module():
+    """The module of the stage config classes, the one the CLI's STAGES table names them in."""
+    try:
+        return importlib.import_module("tunelab.config.schema")  # after config/ became a package
+    except ImportError:
+        return importlib.import_module("tunelab.schema")
+
+
 def _config(stage: str, config: str | Path | dict | None, keys: dict):
     """The stage's validated config, exactly as `tunelab STAGE [CONFIG.yaml] key=value ...` builds it."""
     from tunelab.config import load_config
@@ -252,7 +260,7 @@ def _config(stage: str, config: str | Path | dict | None, keys: dict):
         from tunelab.commands.ladder import ladder_config
 
         return ladder_config(tree.pop("task", None), _flatten(tree))
-    schema = importlib.import_module("tunelab.schema")
+    schema = _schema_module()
     from tunelab.cli import STAGES
 
     return load_config(getattr(schema, STAGES[stage][0]), path, _flatten(tree))
