@@ -176,7 +176,9 @@ def test_a_damaged_newest_checkpoint_is_passed_over_saying_which_and_why(finishe
         (newest / "rng.pt").unlink()
     else:
         (newest / "manifest.json").unlink()
-    code, _, err = cli(*SFT, "train.keep_last=3", "train.max_steps=8", f"data.train={data}", f"out={run}")
+    code, _, err = cli(
+        *SFT, "train.keep_last=3", "train.keep_optimizer=true", "train.max_steps=8", f"data.train={data}", f"out={run}"
+    )
     message = one_paragraph(err)
     assert code == 0, err
     assert f"checkpoint step-6: {says}" in message and "resuming from step-4 instead" in message

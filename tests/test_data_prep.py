@@ -365,6 +365,7 @@ def test_raw_text_to_pretraining_end_to_end(tmp_path, cli):
         "train.max_steps=24",
         "train.warmup=0",
         "train.save_every=12",
+        "train.keep_optimizer=true",  # resumed below from the finished run's step-12
         "data.eval_split=0.1",
     ]
     assert cli("pretrain", *train, f"out={run}")[0] == 0

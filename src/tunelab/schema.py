@@ -265,7 +265,7 @@ class TaskEvalSection(Section):
     )
     rows: str | None = Field(None, description="validation rows in the task's own fields (JSONL)")
     patience: int | None = Field(
-        3, ge=1, description="stop when the task metric has not improved for this many evaluations"
+        3, ge=1, le=1_000_000, description="stop when the task metric has not improved for this many evaluations"
     )
 
 
