@@ -13,6 +13,7 @@ import html
 import json
 from pathlib import Path
 
+from tunelab.errors import TunelabError
 from tunelab.ladder.curves import last_slope, overtakes, slope_words
 from tunelab.ladder.decide import Candidate, Decision, Rule, decide
 from tunelab.ladder.plots import plots
@@ -214,7 +215,10 @@ def results_doc(ladder: Ladder, decision: Decision, vs: dict) -> dict:
 
 def _notes(ladder: Ladder) -> list[str]:
     base, cfg = ladder.base, ladder.cfg
-    n_val = len(validation_split(ladder.task.train, cfg.validation.rows, cfg.validation.share)[1])
+    try:
+        n_val = len(validation_split(ladder.task.train, cfg.validation.rows, cfg.validation.share)[1])
+    except TunelabError:  # too few training rows: only prompting rungs can have run
+        n_val = 0
     lines = [
         f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}, of which the last "
         f"{n_val} are validation rows the training rungs stop on; model: `{cfg.model.name}`.",
