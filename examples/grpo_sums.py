@@ -15,7 +15,7 @@ from tunelab.data.render import RenderOptions
 from tunelab.generation import generate
 from tunelab.models.load import load_model
 from tunelab.rl.rewards import number_close
-from tunelab.schema import RLConfig
+from tunelab.config.schema import RLConfig
 from tunelab.stages import rl
 
 INSTRUCTION = "Answer with the number only."

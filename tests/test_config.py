@@ -2,7 +2,7 @@ import pytest
 
 from tunelab.config import dump_config, load_config, parse_overrides
 from tunelab.errors import TunelabError
-from tunelab.schema import SFTConfig
+from tunelab.config.schema import SFTConfig
 
 
 def test_overrides_parse_types():

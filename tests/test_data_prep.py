@@ -396,7 +396,7 @@ def _final_weights(run):
 def test_pretrain_refuses_tokens_from_another_tokenizer(tmp_path):
     from tunelab.config import load_config
     from tunelab.errors import TunelabError
-    from tunelab.schema import PretrainConfig
+    from tunelab.config.schema import PretrainConfig
     from tunelab.stages import pretrain
 
     data = write_jsonl(tmp_path / "a.jsonl", [{"text": GOOD}] * 3)

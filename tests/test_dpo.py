@@ -8,7 +8,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.render import IGNORE, Tokenized
-from tunelab.schema import DPOConfig
+from tunelab.config.schema import DPOConfig
 from tunelab.stages import dpo
 
 

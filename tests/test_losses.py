@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tunelab.losses.lm import lm_loss_sum
-from tunelab.schema import TrainSection
+from tunelab.config.schema import TrainSection
 from tunelab.train.optim import lr_at, param_groups
 
 

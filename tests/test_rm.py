@@ -15,7 +15,7 @@ from tunelab.data.batch import length_groups
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import last_token_index, rewards
-from tunelab.schema import RMConfig, SFTConfig
+from tunelab.config.schema import RMConfig, SFTConfig
 from tunelab.stages import rm, sft
 
 
@@ -373,7 +373,7 @@ def test_sft_stops_on_reward_and_keeps_the_best(trained_rm, tmp_path):
 
 def test_reward_model_drives_rl(trained_rm, tmp_path):
     """The fourth use: a reward model is a reward source of `tunelab rl`."""
-    from tunelab.schema import RLConfig
+    from tunelab.config.schema import RLConfig
     from tunelab.stages import rl
 
     prompts = write_jsonl(

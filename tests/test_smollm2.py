@@ -66,7 +66,7 @@ def test_lora_sft_moves_its_answers_to_the_targets(smollm2, tmp_path):
 
     from tunelab.config import load_config
     from tunelab.generation import generate
-    from tunelab.schema import SFTConfig
+    from tunelab.config.schema import SFTConfig
     from tunelab.stages import sft
     from tunelab.tasks.extract import exact_match, make_rows
 

@@ -15,7 +15,7 @@ from tunelab.models.forward import token_logprobs
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutSource
 from tunelab.rl.vllm_backend import Sampled, layout, truncated_is_weights
-from tunelab.schema import RLConfig
+from tunelab.config.schema import RLConfig
 
 
 def test_truncated_importance_weights_by_hand():

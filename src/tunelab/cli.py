@@ -19,7 +19,7 @@ from tunelab.commands.models import cmd_best_of_n, cmd_generate, cmd_score, cmd_
 EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
 a .gguf file, or a PEFT adapter folder. Each command has --help."""
 
-STAGES = {  # command -> (config class in tunelab.schema, module with main(cfg), help)
+STAGES = {  # command -> (config class in tunelab.config.schema, module with main(cfg), help)
     "pretrain": (
         "PretrainConfig",
         "tunelab.stages.pretrain",
@@ -76,7 +76,7 @@ def stage_command(stage: str):
             raise TunelabError(
                 f"'{bad[0]}' is not a key=value override (only the first argument may be a config file)."
             )
-        schema = importlib.import_module("tunelab.schema")
+        schema = importlib.import_module("tunelab.config.schema")
         cfg = load_config(getattr(schema, STAGES[stage][0]), path, overrides)
         quiet_hf()
         importlib.import_module(STAGES[stage][1]).main(cfg)

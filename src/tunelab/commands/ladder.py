@@ -30,7 +30,7 @@ def ladder_config(task: str | None, overrides: list[str], defaults: list[str] | 
 
     from tunelab.config import load_config
     from tunelab.errors import TunelabError
-    from tunelab.schema import LadderConfig
+    from tunelab.config.schema import LadderConfig
 
     bad = [o for o in overrides if "=" not in o]
     if bad:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tunelab.config import dump_config
 from tunelab.errors import TunelabError
 from tunelab.eval.harness import StrategyResult, evaluate
-from tunelab.schema import EvalConfig
+from tunelab.config.schema import EvalConfig
 
 
 def _interval(metric: tuple[float, float, float]) -> str:

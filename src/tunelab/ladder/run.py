@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tunelab.config import dump_config
 from tunelab.errors import TunelabError
-from tunelab.schema import LadderConfig
+from tunelab.config.schema import LadderConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.schema import StageConfig
+from tunelab.config.schema import StageConfig
 
 # Attention projections per architecture: the classic LoRA placement. "all-linear" adapts every linear layer.
 ATTENTION_TARGETS = {

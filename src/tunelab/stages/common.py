@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
-from tunelab.schema import StageConfig
+from tunelab.config.schema import StageConfig
 
 
 def seed_everything(seed: int) -> None:

@@ -24,7 +24,7 @@ from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
 from tunelab.models.by_length import by_length
 from tunelab.models.forward import inner, sequence_logprobs
-from tunelab.schema import DPOConfig
+from tunelab.config.schema import DPOConfig
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.loop import train
 

@@ -15,7 +15,7 @@ from tunelab.data.sources import row_batches
 from tunelab.errors import TunelabError
 from tunelab.losses.lm import lm_loss_sum
 from tunelab.models.forward import next_token_logits
-from tunelab.schema import SFTConfig
+from tunelab.config.schema import SFTConfig
 from tunelab.stages.common import prepare_model, render_rows, split_holdout
 from tunelab.train.loop import train
 

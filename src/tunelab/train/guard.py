@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from tunelab.schema import GuardSection
+from tunelab.config.schema import GuardSection
 
 
 @dataclass

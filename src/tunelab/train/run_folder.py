@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelab.config import dump_config
 from tunelab.errors import TunelabError
-from tunelab.schema import StageConfig
+from tunelab.config.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.dist import Dist
 from tunelab.train.report import write_report

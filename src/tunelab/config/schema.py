@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunelab.config import Section
+from tunelab.config.load import Section
 from tunelab.prompting.strategies import PromptingOptions
 
 Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
