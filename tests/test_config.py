@@ -1,8 +1,8 @@
 import pytest
 
 from tunelab.config import dump_config, load_config, parse_overrides
-from tunelab.errors import TunelabError
 from tunelab.config.schema import SFTConfig
+from tunelab.errors import TunelabError
 
 
 def test_overrides_parse_types():

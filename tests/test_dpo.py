@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tunelab.config import load_config
-from tunelab.data.render import IGNORE, Tokenized
 from tunelab.config.schema import DPOConfig
+from tunelab.data.render import IGNORE, Tokenized
 from tunelab.stages import dpo
 
 

@@ -90,7 +90,7 @@ def test_rows_that_do_not_share_prompts_take_the_plain_path():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama+lora"])
 def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
-    from tunelab.generation import complete, decode_dropping_finished, drops_finished_rows, left_padded
+    from tunelab.models.generation import complete, decode_dropping_finished, drops_finished_rows, left_padded
     from tunelab.models.load import load_model
 
     model, tok = lora_model(["q_proj", "v_proj"]) if arch == "llama+lora" else load_model(f"tiny:{arch}")
@@ -121,7 +121,7 @@ def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
 
 
 def test_greedy_leaves_a_repetition_penalty_to_hf():
-    from tunelab.generation import drops_finished_rows
+    from tunelab.models.generation import drops_finished_rows
 
     model, _ = lora_model(["q_proj"])
     model.generation_config.repetition_penalty = 1.3
@@ -131,8 +131,8 @@ def test_greedy_leaves_a_repetition_penalty_to_hf():
 def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
     """Sampled tokens: seeded, pad after EOS, and their log-probs / entropies are those a training forward
     computes at the sampling temperature (what RL's old log-probs must be)."""
-    from tunelab.generation import decode_dropping_finished, left_padded
     from tunelab.models.forward import token_logprobs
+    from tunelab.models.generation import decode_dropping_finished, left_padded
 
     model, tok = lora_model(["q_proj", "v_proj"])
     enc = left_padded(tok, ["a", "the cat sat on the mat and", "one two three", "x y"])
@@ -166,7 +166,7 @@ def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
 def test_top_p_filter_is_hf_top_p():
     from transformers.generation.logits_process import TopPLogitsWarper
 
-    from tunelab.generation import _top_p
+    from tunelab.models.generation import _top_p
 
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
     for p in (0.3, 0.9, 0.999):
@@ -175,7 +175,7 @@ def test_top_p_filter_is_hf_top_p():
 
 def test_decoding_a_group_from_one_prompt_forward_equals_decoding_the_repeated_prompts():
     """repeats=G runs each prompt once and repeats its KV cache: the same draws as G copies of the prompt."""
-    from tunelab.generation import decode_dropping_finished, left_padded
+    from tunelab.models.generation import decode_dropping_finished, left_padded
 
     model, tok = lora_model(["q_proj", "v_proj"])
     prompts = ["the cat sat on the mat and", "x y"]

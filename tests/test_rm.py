@@ -11,11 +11,11 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
+from tunelab.config.schema import RMConfig, SFTConfig
 from tunelab.data.batch import length_groups
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import last_token_index, rewards
-from tunelab.config.schema import RMConfig, SFTConfig
 from tunelab.stages import rm, sft
 
 
@@ -156,7 +156,7 @@ def test_reward_model_learns_the_rule_on_held_out_pairs(trained_rm):
 
 
 def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     scorer = RewardScorer(str(trained_rm / "final"))
     items = [
@@ -166,7 +166,7 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
     seven = RewardScorer(str(trained_rm / "final"), batch_size=7).score(items)
     sixteen = scorer.score(items)
     assert one == pytest.approx(seven, abs=1e-5) and one == pytest.approx(sixteen, abs=1e-5)
-    from tunelab.rm import score
+    from tunelab.models.scorer import score
 
     assert score(str(trained_rm / "final"), items[:3]) == pytest.approx(
         one[:3], abs=1e-5
@@ -232,7 +232,7 @@ def test_lora_reward_model_trains_head_and_adapter(tmp_path):
     run = rm.main(cfg)
     adapter_cfg = json.loads((run / "final" / "adapter_config.json").read_text())
     assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in (adapter_cfg.get("modules_to_save") or [])
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     assert len(RewardScorer(str(run / "final")).score([("1+1=", "2")])) == 1
 
@@ -299,7 +299,8 @@ def test_select_ranks_candidates_by_mean_reward(trained_rm, tmp_path):
 
 
 def test_best_of_n_picks_the_highest_reward_and_writes_rejection_sampling_data(trained_rm, tmp_path):
-    from tunelab.rm import RewardScorer, best_of_n, write_rejection_sampling
+    from tunelab.models.scorer import RewardScorer
+    from tunelab.rank import best_of_n, write_rejection_sampling
 
     scorer = RewardScorer(str(trained_rm / "final"))
     results = best_of_n(scorer, "tiny:llama", ["1+2=", "3+1="], n=4, max_new_tokens=3, temperature=1.0)
@@ -397,7 +398,7 @@ def test_reward_model_drives_rl(trained_rm, tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["reward"]) for r in rows)
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     again = RewardScorer(str(trained_rm / "final")).score([(samples[0]["prompt"], samples[0]["completion"])])[
         0

@@ -11,11 +11,11 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
+from tunelab.config.schema import RLConfig
 from tunelab.models.forward import token_logprobs
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutSource
 from tunelab.rl.vllm_backend import Sampled, layout, truncated_is_weights
-from tunelab.config.schema import RLConfig
 
 
 def test_truncated_importance_weights_by_hand():

@@ -12,7 +12,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunelab.config.load import Section
-from tunelab.prompting.strategies import PromptingOptions
 
 Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
 
@@ -293,6 +292,42 @@ class DPOConfig(StageConfig):
     dpo: DPOSection = Field(default_factory=DPOSection, description="DPO options")
     train: TrainSection = Field(
         default_factory=lambda: TrainSection(lr=5e-5), description="the training loop"
+    )
+
+
+class PromptingOptions(Section):
+    max_new_tokens: int | None = Field(None, ge=1, description="longest direct answer; default: the task's")
+    rules_as: Literal["system", "user"] = Field(
+        "system", description="rules as a system message, or as a preamble of the user turn"
+    )
+    cot_instruction: str = Field(
+        "Think step by step. Then write the final answer on the last line, starting with 'Answer:'.",
+        description="what the cot and self_consistency strategies append to the prompt",
+    )
+    cot_max_new_tokens: int = Field(256, ge=1, description="longest chain of thought")
+    reflection_rounds: int = Field(2, ge=1, description="most critique + revision rounds")
+    critique: str = Field(
+        "Check your answer above against the request. If it is fully correct, reply with exactly: "
+        "NO ERRORS. Otherwise list each error in one short line.",
+        description="the reflection strategy's critique request",
+    )
+    revise: str = Field(
+        "Now write the corrected answer only, fixing those errors, in the requested format.",
+        description="the reflection strategy's revision request",
+    )
+    shots: int = Field(4, ge=0, description="few-shot examples wanted (fewer when they do not fit)")
+    shot_selection: Literal["fixed", "random", "similar"] = Field(
+        "random", description="which examples: the pool's first k, random, or most similar to the question"
+    )
+    max_context: int | None = Field(
+        None, ge=8, description="token budget of prompt + answer; default: the model's context length"
+    )
+    samples: int = Field(5, ge=1, description="answers sampled by self_consistency and best_of_n")
+    temperature: float = Field(
+        0.7, gt=0, description="sampling temperature of self_consistency and best_of_n"
+    )
+    rm: str | None = Field(
+        None, description="reward model that picks the best_of_n answer (a `tunelab rm` run)"
     )
 
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from tunelab.config import dump_config
+from tunelab.config.schema import EvalConfig
 from tunelab.errors import TunelabError
 from tunelab.eval.harness import StrategyResult, evaluate
-from tunelab.config.schema import EvalConfig
 
 
 def _interval(metric: tuple[float, float, float]) -> str:
@@ -117,8 +117,8 @@ def main(cfg: EvalConfig) -> Path:
 
     from tunelab.console import progress_bar, table_console
     from tunelab.models.load import load_model
+    from tunelab.models.scorer import render_options_for
     from tunelab.prompting.lm import ChatModel
-    from tunelab.rm import render_options_for
     from tunelab.tasks.task import load_task
 
     console = Console(stderr=True)

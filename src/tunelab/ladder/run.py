@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunelab.config import dump_config
-from tunelab.errors import TunelabError
 from tunelab.config.schema import LadderConfig
+from tunelab.errors import TunelabError
 
 
 @dataclass

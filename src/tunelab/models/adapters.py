@@ -5,11 +5,11 @@ model for KL and DPO at no memory cost."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.config.schema import StageConfig
 
 # Attention projections per architecture: the classic LoRA placement. "all-linear" adapts every linear layer.
 ATTENTION_TARGETS = {
@@ -45,37 +45,55 @@ def set_dropout(model, p: float) -> None:
             setattr(model.config, key, p)
 
 
-def attach_adapter(model, tok, cfg: StageConfig):
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What to attach, in plain values (stages build it from their config: `stages/common.adapter_spec`)."""
+
+    kind: str = "none"  # none | lora | dora | prompt | prefix
+    r: int = 16  # LoRA rank
+    alpha: float = 32  # LoRA scale numerator
+    dropout: float = 0.05  # LoRA dropout
+    targets: list[str] | str = "auto"  # module names, "all-linear", or "auto" (attention projections)
+    prompt_tokens: int = 20  # virtual tokens of prompt / prefix tuning
+    prompt_init_text: str | None = None  # start prompt tuning at these words' embeddings
+    model_dropout: float | None = None  # every dropout of the model to this (None: as loaded)
+    packed: bool = False  # the data is packed (prompt / prefix tuning cannot train on it)
+
+
+ADAPTERS = ("none", "lora", "dora", "prompt", "prefix")  # the names `adapter=` accepts
+
+
+def attach_adapter(model, tok, spec: AdapterSpec):
     """The model ready to train: a PeftModel for adapters, the model itself (all trainable) for `none`."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-    if cfg.model.dropout is not None:
-        set_dropout(model, cfg.model.dropout)
-    if cfg.adapter == "none":
+    if spec.model_dropout is not None:
+        set_dropout(model, spec.model_dropout)
+    if spec.kind == "none":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if cfg.adapter in ("prompt", "prefix") and cfg.data.pack:
-        raise TunelabError(f"adapter={cfg.adapter} cannot train on packed sequences: set data.pack=false.")
+    if spec.kind in ("prompt", "prefix") and spec.packed:
+        raise TunelabError(f"adapter={spec.kind} cannot train on packed sequences: set data.pack=false.")
     reward = hasattr(model, "score")  # a reward model: peft keeps its scalar head trainable (modules_to_save)
-    if reward and cfg.adapter not in ("lora", "dora"):
-        raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {cfg.adapter}.")
-    if cfg.adapter in ("lora", "dora"):
+    if reward and spec.kind not in ("lora", "dora"):
+        raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {spec.kind}.")
+    if spec.kind in ("lora", "dora"):
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=lora_targets(model, cfg.lora.targets),
-            use_dora=cfg.adapter == "dora",
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=lora_targets(model, spec.targets),
+            use_dora=spec.kind == "dora",
         )
-    elif cfg.adapter == "prompt":
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
+    elif spec.kind == "prompt":
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
     else:
-        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
+        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
     peft_model = get_peft_model(model, config)
-    if cfg.adapter == "prompt" and cfg.prompt.init_text:
-        _init_prompt_from_text(peft_model, tok, cfg.prompt.init_text, cfg.prompt.tokens)
+    if spec.kind == "prompt" and spec.prompt_init_text:
+        _init_prompt_from_text(peft_model, tok, spec.prompt_init_text, spec.prompt_tokens)
     return peft_model
 
 

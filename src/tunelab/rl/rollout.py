@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from tunelab.data.render import RenderOptions, prompt_text
-from tunelab.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.losses import policy as P
 from tunelab.models.adapters import lora_merged
 from tunelab.models.forward import token_logprobs
+from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.train.dist import SINGLE
 
 

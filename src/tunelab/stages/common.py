@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
 from tunelab.config.schema import StageConfig
+from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
 
 
 def seed_everything(seed: int) -> None:
@@ -25,7 +25,24 @@ def prepare_model(cfg: StageConfig, head: str = "lm"):
 
     seed_everything(cfg.seed)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
-    return attach_adapter(model, tok, cfg), tok
+    return attach_adapter(model, tok, adapter_spec(cfg)), tok
+
+
+def adapter_spec(cfg: StageConfig):
+    """The config's adapter keys as the plain `AdapterSpec` that models/ takes."""
+    from tunelab.models.adapters import AdapterSpec
+
+    return AdapterSpec(
+        kind=cfg.adapter,
+        r=cfg.lora.r,
+        alpha=cfg.lora.alpha,
+        dropout=cfg.lora.dropout,
+        targets=cfg.lora.targets,
+        prompt_tokens=cfg.prompt.tokens,
+        prompt_init_text=cfg.prompt.init_text,
+        model_dropout=cfg.model.dropout,
+        packed=bool(getattr(cfg.data, "pack", False)),
+    )
 
 
 def render_options(cfg: StageConfig) -> RenderOptions:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.config.schema import DPOConfig
 from tunelab.data.batch import LMBatch
 from tunelab.data.read import read_dataset
 from tunelab.data.render import IGNORE, Tokenized, render_chat, render_pair
@@ -24,7 +25,6 @@ from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
 from tunelab.models.by_length import by_length
 from tunelab.models.forward import inner, sequence_logprobs
-from tunelab.config.schema import DPOConfig
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.loop import train
 

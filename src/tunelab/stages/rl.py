@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.config.schema import RLConfig
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses import policy as P
 from tunelab.models.forward import token_logprobs
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutBatch, RolloutSource
-from tunelab.config.schema import RLConfig
 from tunelab.stages.common import prepare_model, render_options
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train

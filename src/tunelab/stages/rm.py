@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.config.schema import RMConfig
 from tunelab.data.pairs import PairBatch, pair_batches, render_preference
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import rewards
-from tunelab.config.schema import RMConfig
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
-from tunelab.errors import TunelabError
 from tunelab.config.schema import StageConfig
+from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.dist import Dist, to_device
 from tunelab.train.dist import setup as setup_dist

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.config import dump_config
-from tunelab.errors import TunelabError
 from tunelab.config.schema import StageConfig
+from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.dist import Dist
 from tunelab.train.report import write_report
