@@ -13,7 +13,10 @@ from pydantic import Field, field_validator, model_validator
 
 from tunelab.config.load import Section
 
-Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
+# Variant names are plain strings here: the config imports no behaviour, and each name is checked
+# against its table (the one list of names) where it is used, before any model loads
+# (tunelab.config.variants.pick; docs/decisions.md, "variant names").
+Adapter = str  # a name in tunelab.models.adapters.ADAPTERS
 
 
 class LoraSection(Section):
@@ -217,7 +220,7 @@ class KLSection(Section):
     mode: Literal["loss", "reward"] = Field(
         "loss", description="KL as a loss term, or subtracted from the reward"
     )
-    estimator: Literal["k1", "k2", "k3"] = Field(
+    estimator: str = Field(  # a name in tunelab.losses.policy.KL_ESTIMATORS
         "k3", description="KL estimator: k1 log-ratio, k2 half squared, k3 Schulman"
     )
 
@@ -257,7 +260,9 @@ class RLConfig(StageConfig):
     adapter: Adapter = Field(
         "lora", description="none (frozen copy as reference) | lora | dora (adapter off = reference)"
     )
-    algo: Literal["grpo", "rloo", "reinforce", "ppo"] = Field("grpo", description="policy-gradient variant")
+    algo: str = Field(
+        "grpo", description="policy-gradient variant: grpo | rloo | reinforce | ppo (tunelab.rl.algos.ALGOS)"
+    )
     lora: LoraSection = Field(
         default_factory=lambda: LoraSection(dropout=0.0),
         description="LoRA options (no dropout: the sampler and the trainer then see the same policy)",
@@ -282,7 +287,7 @@ class DPOSection(Section):
     beta: float = Field(
         0.1, gt=0, description="DPO temperature: how far from the reference the policy may move"
     )
-    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid (DPO) or ipo")
+    loss: str = Field("sigmoid", description="sigmoid (DPO) or ipo (tunelab.losses.preference.DPO_LOSSES)")
 
 
 class DPOConfig(StageConfig):
@@ -331,7 +336,7 @@ class PromptingOptions(Section):
     )
 
 
-Strategy = Literal["zero_shot", "rules", "cot", "reflection", "few_shot", "self_consistency", "best_of_n"]
+Strategy = str  # a name in tunelab.prompting.strategies.STRATEGIES
 
 
 class EvalSection(Section):

@@ -126,7 +126,11 @@ def main(cfg: EvalConfig) -> Path:
     rows = (task.eval if cfg.eval.split == "eval" else task.train)[: cfg.eval.limit]
     if not rows:
         raise TunelabError(f"Task {task.name} has no {cfg.eval.split} rows to evaluate.")
+    from tunelab.config.variants import pick
+    from tunelab.prompting.strategies import STRATEGIES
+
     for name in cfg.strategies:  # fail before loading a model: a strategy that cannot run on this task
+        pick(STRATEGIES, name, "strategy")
         if name == "rules":
             from tunelab.prompting.strategies import rule_list
 

@@ -60,38 +60,53 @@ class AdapterSpec:
     packed: bool = False  # the data is packed (prompt / prefix tuning cannot train on it)
 
 
-ADAPTERS = ("none", "lora", "dora", "prompt", "prefix")  # the names `adapter=` accepts
+def _lora(spec: AdapterSpec, model, reward: bool):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=lora_targets(model, spec.targets),
+        use_dora=spec.kind == "dora",
+    )
+
+
+def _prompt(spec: AdapterSpec, model, reward: bool):
+    from peft import PromptTuningConfig, TaskType
+
+    return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
+
+
+def _prefix(spec: AdapterSpec, model, reward: bool):
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
+
+
+# adapter name -> its PEFT config (None: full fine-tuning); the names `adapter=` accepts
+ADAPTERS = {"none": None, "lora": _lora, "dora": _lora, "prompt": _prompt, "prefix": _prefix}
+PROMPT_LEARNING = ("prompt", "prefix")  # virtual tokens: no packing, no reward head
 
 
 def attach_adapter(model, tok, spec: AdapterSpec):
     """The model ready to train: a PeftModel for adapters, the model itself (all trainable) for `none`."""
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+    from peft import get_peft_model
 
+    build = ADAPTERS[spec.kind]
     if spec.model_dropout is not None:
         set_dropout(model, spec.model_dropout)
-    if spec.kind == "none":
+    if build is None:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if spec.kind in ("prompt", "prefix") and spec.packed:
+    if spec.kind in PROMPT_LEARNING and spec.packed:
         raise TunelabError(f"adapter={spec.kind} cannot train on packed sequences: set data.pack=false.")
     reward = hasattr(model, "score")  # a reward model: peft keeps its scalar head trainable (modules_to_save)
-    if reward and spec.kind not in ("lora", "dora"):
+    if reward and spec.kind in PROMPT_LEARNING:
         raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {spec.kind}.")
-    if spec.kind in ("lora", "dora"):
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
-            r=spec.r,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=lora_targets(model, spec.targets),
-            use_dora=spec.kind == "dora",
-        )
-    elif spec.kind == "prompt":
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
-    else:
-        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, build(spec, model, reward))
     if spec.kind == "prompt" and spec.prompt_init_text:
         _init_prompt_from_text(peft_model, tok, spec.prompt_init_text, spec.prompt_tokens)
     return peft_model

@@ -23,15 +23,18 @@ def prepare_model(cfg: StageConfig, head: str = "lm"):
     from tunelab.models.adapters import attach_adapter
     from tunelab.models.load import load_model
 
+    spec = adapter_spec(cfg)  # a bad adapter name fails before the model loads
     seed_everything(cfg.seed)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
-    return attach_adapter(model, tok, adapter_spec(cfg)), tok
+    return attach_adapter(model, tok, spec), tok
 
 
 def adapter_spec(cfg: StageConfig):
     """The config's adapter keys as the plain `AdapterSpec` that models/ takes."""
-    from tunelab.models.adapters import AdapterSpec
+    from tunelab.config.variants import pick
+    from tunelab.models.adapters import ADAPTERS, AdapterSpec
 
+    pick(ADAPTERS, cfg.adapter, "adapter")
     return AdapterSpec(
         kind=cfg.adapter,
         r=cfg.lora.r,

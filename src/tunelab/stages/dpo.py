@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from tunelab.config.schema import DPOConfig
+from tunelab.config.variants import pick
 from tunelab.data.batch import LMBatch
 from tunelab.data.read import read_dataset
 from tunelab.data.render import IGNORE, Tokenized, render_chat, render_pair
@@ -118,7 +119,7 @@ def train_batches(pairs, tok, cfg: DPOConfig):
 
 
 def make_loss_fn(cfg: DPOConfig, ref_model=None):
-    dpo_loss = DPO_LOSSES[cfg.dpo.loss]
+    dpo_loss = pick(DPO_LOSSES, cfg.dpo.loss, "dpo.loss")
 
     def logps(model, batch: DPOBatch) -> Tensor:
         """(2B,) each row's summed answer log-prob; pairs of similar length share a forward (by_length)."""
@@ -173,6 +174,7 @@ def main(cfg: DPOConfig) -> Path:
         raise TunelabError("dpo needs preference pairs: set data.train=PATH (prompt, chosen, rejected).")
     if cfg.adapter in ("prompt", "prefix"):
         raise TunelabError("dpo trains with adapter=none, lora or dora.")
+    pick(DPO_LOSSES, cfg.dpo.loss, "dpo.loss")
     rows = read_dataset(cfg.data.train, "preference")
     held_rows = read_dataset(cfg.data.eval, "preference") if cfg.data.eval else []
     if not held_rows:
