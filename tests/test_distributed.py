@@ -40,13 +40,13 @@ def one_process(*args):
 
 def two_processes(*args, check=True, kill_at=0):
     """torchrun with 2 processes; `kill_at`: SIGKILL rank 0 after that step (torchrun then stops both)."""
-    env = dict(_env(), TUNELAB_FAULT_KILL_AT_STEP=str(kill_at)) if kill_at else _env()
     torchrun = Path(sys.executable).with_name("torchrun")
+    target = [str(TESTS / "helpers" / "killed_run.py"), str(kill_at)] if kill_at else ["-m", "tunelab"]
     out = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tunelab", *args],
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", *target, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=_env(),
     )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]

@@ -30,6 +30,7 @@ from tunelab.losses import policy as P
 from tunelab.models.adapters import lora_merged
 from tunelab.models.forward import token_logprobs
 from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
+from tunelab.rl.algos import ALGOS
 from tunelab.train.dist import SINGLE
 
 
@@ -52,6 +53,29 @@ class RolloutBatch:
     def n_targets(self) -> int:
         """The loop averages the policy loss over completion tokens."""
         return int(self.seq.shape[0])
+
+
+@dataclass
+class Sampled:
+    """What sampling gave: the rows and their layout, and the sampler's own log-probs."""
+
+    sequences: Tensor  # (N, P + C) left-padded prompt, then the completion, then padding
+    attention_mask: Tensor  # (N, P + C) 1 on prompt and completion tokens
+    completion_mask: Tensor  # (N, P + C) bool: completion tokens, EOS included
+    prompt_len: int  # P: the column where every completion starts
+    gen_out: object  # HF: ((N, C) log-prob, (N, C) entropy); vLLM: its (N, C) log-probs
+    lengths: list[int]  # completion tokens of each row
+    stopped: list[bool]  # whether each completion ended with an EOS
+    completions: list[str]  # decoded, cut at a stop string
+    time_s: float
+
+
+@dataclass
+class Scored:
+    examples: list[dict]  # (N,) each prompt's example repeated G times
+    parts: dict[str, list[float]]  # each reward part's values (N,)
+    rewards: Tensor  # (N,) total reward per completion
+    time_s: float
 
 
 def first_stop(row: list[int], eos_ids: set[int]) -> int | None:
@@ -241,85 +265,91 @@ class RolloutSource:
 
     @torch.no_grad()
     def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
-        cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
-        t0 = time.perf_counter()
+        """One step's rollout: sample G completions per prompt, score them, lay them out for the loss."""
         self.policy.eval()
+        sampled = self.sample(examples, seed)
+        scored = self.score(examples, sampled.completions)
+        batch = self.to_batch(sampled, scored)
+        self.policy.train()
+        self.watch(batch.stats)
+        self.write_samples(scored.examples, sampled.completions, batch.rewards.tolist())
+        return batch
+
+    def sample(self, examples: list[dict], seed: int) -> Sampled:
+        """G completions of each prompt (rows of a prompt consecutive), cut at their first EOS."""
+        t0 = time.perf_counter()
         if self.sampler is None:
             sequences, prompt_mask, gen_out = self.generate_hf(examples, seed)
         else:
             sequences, prompt_mask, gen_out = self.generate_vllm(examples, seed)
         prompt_len = prompt_mask.shape[1]
         attention_mask, completion_mask, lengths, stopped = completion_layout(
-            sequences, prompt_len, prompt_mask, self.eos_ids, tok.pad_token_id
+            sequences, prompt_len, prompt_mask, self.eos_ids, self.tok.pad_token_id
         )
         completions = [
-            tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
+            self.tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
             for i, n in enumerate(lengths)
         ]
-        for stop in cfg.rollout.stop:  # the text ends where a stop string begins
+        for stop in self.cfg.rollout.stop:  # the text ends where a stop string begins
             completions = [c.split(stop)[0] for c in completions]
-        t_gen = time.perf_counter() - t0
+        return Sampled(
+            sequences,
+            attention_mask,
+            completion_mask,
+            prompt_len,
+            gen_out,
+            lengths,
+            stopped,
+            completions,
+            time.perf_counter() - t0,
+        )
 
-        t1 = time.perf_counter()
-        repeated = [e for e in examples for _ in range(G)]
+    def score(self, examples: list[dict], completions: list[str]) -> Scored:
+        """The reward of every completion (each example repeated G times, as the completions are)."""
+        t0 = time.perf_counter()
+        repeated = [e for e in examples for _ in range(self.cfg.rl.group)]
         parts = self.reward.parts(repeated, completions)
         rewards = torch.tensor(self.reward.total(parts), dtype=torch.float32)  # (N,)
-        t_score = time.perf_counter() - t1
+        return Scored(repeated, parts, rewards, time.perf_counter() - t0)
 
-        seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
-        generated = completion_mask[:, prompt_len:]  # (N, C)
+    def to_batch(self, sampled: Sampled, scored: Scored) -> RolloutBatch:
+        """Old, reference (and PPO's value) log-probs, advantages and the step's statistics."""
+        cfg = self.cfg
+        completion_mask = sampled.completion_mask
+        seq = torch.arange(completion_mask.shape[0])[:, None].expand_as(completion_mask)[
+            completion_mask
+        ]  # (K,)
+        generated = completion_mask[:, sampled.prompt_len :]  # (N, C)
         device = self.policy.device
-        on_device = [t.to(device) for t in (sequences, attention_mask, completion_mask)]  # for forwards
+        on_device = [t.to(device) for t in (sampled.sequences, sampled.attention_mask, completion_mask)]
         is_weight, sampler_stats = None, {}
         if self.sampler is None:
             # the sampling distribution's log-probs come with sampling (raw logits / temperature); the
             # trainer recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
-            gen_logp, gen_entropy = gen_out  # (N, C) each
+            gen_logp, gen_entropy = sampled.gen_out  # (N, C) each
             old_logp, entropy = gen_logp[generated], gen_entropy[generated]  # (K,)
         else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
             logp, ent, _ = token_logprobs(self.policy, *on_device, cfg.rollout.temperature)
             old_logp, entropy = logp.cpu(), ent.cpu()
-            sampler_logp = gen_out[generated]  # (K,)
+            sampler_logp = sampled.gen_out[generated]  # (K,)
             sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
             if cfg.rollout.tis_cap:
                 is_weight = truncated_is_weights(old_logp, sampler_logp, cfg.rollout.tis_cap)
                 sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
-            old_values = token_logprobs(self.policy, *on_device, cfg.rollout.temperature, self.value_head)[
-                2
-            ].cpu()
-        ref_logp = None
-        if self.ref is not None:
-            ref_logp = self.ref(*on_device).cpu()
+            old_values = token_logprobs(self.policy, *on_device, cfg.rollout.temperature, self.value_head)[2]
+            old_values = old_values.cpu()
+        ref_logp = self.ref(*on_device).cpu() if self.ref is not None else None
         kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
-        adv, returns = self.advantages(rewards, seq, kl_tok, old_values)
-        self.policy.train()
-
-        everyone = torch.tensor(self.dist.gather(rewards.tolist()))  # (N x ranks,) groups stay whole
-        stats = {
-            "reward": float(everyone.mean()),
-            "reward_std": float(everyone.std()) if len(everyone) > 1 else 0.0,
-            "scored": float(len(everyone)),
-            **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
-            "kl": float(P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean())
-            if ref_logp is not None
-            else 0.0,
-            "entropy": float(entropy.mean()),
-            "completion_len": sum(lengths) / len(lengths),
-            "stopped_share": sum(stopped) / len(stopped),
-            "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
-            "time_generate_s": t_gen,
-            "time_score_s": t_score,
-            **sampler_stats,
-        }
-        self.watch(stats)
-        self.write_samples(repeated, completions, rewards.tolist())
+        adv, returns = self.advantages(scored.rewards, seq, kl_tok, old_values)
+        stats = self.step_stats(sampled, scored, old_logp, ref_logp, entropy)
+        stats.update(sampler_stats)
         return RolloutBatch(
-            sequences,
-            attention_mask,
+            sampled.sequences,
+            sampled.attention_mask,
             completion_mask,
             seq,
             old_logp,
@@ -327,15 +357,35 @@ class RolloutSource:
             adv,
             returns,
             old_values,
-            rewards,
+            scored.rewards,
             stats,
             is_weight,
         )
 
+    def step_stats(self, sampled: Sampled, scored: Scored, old_logp, ref_logp, entropy) -> dict:
+        """The step's statistics: rewards over every rank, KL, entropy, lengths, timings."""
+        cfg, G, parts = self.cfg, self.cfg.rl.group, scored.parts
+        everyone = torch.tensor(self.dist.gather(scored.rewards.tolist()))  # (N x ranks,) groups stay whole
+        kl = P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean() if ref_logp is not None else 0.0
+        return {
+            "reward": float(everyone.mean()),
+            "reward_std": float(everyone.std()) if len(everyone) > 1 else 0.0,
+            "scored": float(len(everyone)),
+            **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
+            "kl": float(kl),
+            "entropy": float(entropy.mean()),
+            "completion_len": sum(sampled.lengths) / len(sampled.lengths),
+            "stopped_share": sum(sampled.stopped) / len(sampled.stopped),
+            "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
+            "time_generate_s": sampled.time_s,
+            "time_score_s": scored.time_s,
+        }
+
     def advantages(self, rewards: Tensor, seq: Tensor, kl_tok: Tensor, values: Tensor | None):
         cfg = self.cfg
+        algo = ALGOS[cfg.algo]
         penalty = cfg.kl.beta * kl_tok if cfg.kl.mode == "reward" else torch.zeros_like(kl_tok)
-        if cfg.algo == "ppo":  # per-token rewards: -beta * KL on every token, the task reward on the last one
+        if algo.critic:  # per-token rewards: -beta * KL on every token, the task reward on the last one
             tok_rewards = token_rewards(rewards, seq) - penalty
             adv, returns = P.gae(tok_rewards, values, seq, cfg.rl.gamma, cfg.rl.lam)
             adv = (adv - adv.mean()) / (adv.std() + 1e-8) if adv.numel() > 1 else adv
@@ -343,7 +393,7 @@ class RolloutSource:
         seq_rewards = rewards.clone()
         if cfg.kl.mode == "reward":  # the summed KL of each completion comes off its reward
             seq_rewards -= torch.zeros_like(rewards).index_add(0, seq, penalty)
-        adv_seq = P.ADVANTAGES[cfg.algo](seq_rewards, cfg.rl.group)  # (N,)
+        adv_seq = algo.advantage(seq_rewards, cfg.rl.group)  # (N,)
         return adv_seq[seq], None
 
     def watch(self, stats: dict) -> None:
