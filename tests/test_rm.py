@@ -12,7 +12,6 @@ from conftest import write_jsonl
 
 from tunelab.config import load_config
 from tunelab.config.schema import RMConfig, SFTConfig
-from tunelab.data.batch import length_groups
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import last_token_index, rewards
@@ -59,48 +58,16 @@ def test_group_by_length_reaches_the_reward_model_batches():
         return list(rm.train_batches(pairs, tok, cfg).epoch(0, start))
 
     def padding(batches):
-        return sum(b.input_ids.numel() - int(b.attention_mask.sum()) for b in batches)
+        return sum(b.seqs.input_ids.numel() - b.seqs.n_tokens for b in batches)
 
     plain, grouped = epoch(False), epoch(True)
     assert padding(grouped) < padding(plain) / 3
     assert sorted(float(m) for b in grouped for m in b.margin) == [float(i) for i in range(64)]  # each once
-    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(grouped, epoch(True)))  # seeded
+    assert all(
+        torch.equal(a.seqs.input_ids, b.seqs.input_ids) for a, b in zip(grouped, epoch(True))
+    )  # seeded
     assert [b.margin.tolist() for b in epoch(True, start=5)] == [b.margin.tolist() for b in grouped[5:]]
     assert [b.margin.tolist() for b in grouped] != sorted(b.margin.tolist() for b in grouped)  # shuffled
-
-
-def test_rows_of_similar_length_run_together_with_the_one_forwards_scores_and_gradients(monkeypatch):
-    """rewards() runs a micro-batch as a few forwards of rows of similar length (less padding); the
-    scores and the LoRA and head gradients equal those of one forward over the padded batch."""
-    from tunelab.data.pairs import Pair, collate_pairs
-    from tunelab.models import by_length
-    from tunelab.stages.common import prepare_model
-
-    cfg = load_config(RMConfig, None, ["model=tiny:llama", "adapter=lora", "lora.dropout=0"])
-    model, _ = prepare_model(cfg, head="reward")
-    rng = random.Random(0)
-    pairs = [
-        Pair([rng.randrange(3, 200) for _ in range(rng.choice([3, 5, 30, 33]))], [rng.randrange(3, 200)] * n)
-        for n in (4, 31, 2, 29)
-    ]
-    batch = collate_pairs(pairs, pad_id=0)
-
-    def scores_and_grads():
-        model.zero_grad()
-        scores = rewards(model, batch.input_ids, batch.attention_mask)
-        bradley_terry_loss(*scores.chunk(2)).backward()
-        return scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    calls = []
-    monkeypatch.setattr(by_length, "length_groups", lambda *a: calls.append(a) or length_groups(*a))
-    split, split_grads = scores_and_grads()
-    assert len(calls) == 1 and len(length_groups(batch.attention_mask.sum(1).tolist())) > 1
-    monkeypatch.setattr(by_length, "length_groups", lambda lengths: [list(range(len(lengths)))])
-    whole, whole_grads = scores_and_grads()
-    assert torch.allclose(split, whole, atol=1e-5)
-    assert split_grads.keys() == whole_grads.keys() and any("score" in n for n in split_grads)
-    for name, grad in whole_grads.items():
-        assert torch.allclose(split_grads[name], grad, atol=1e-5), name
 
 
 def sums(n, seed=0):

@@ -1,7 +1,7 @@
-"""Preference pairs -> token ids -> batches for the reward model (and DPO later).
+"""Preference pairs -> token ids -> batches for the reward model.
 
-chosen, rejected = render_preference(tok, row, opts)      # two id lists, rendered as in SFT
-batch = collate_pairs([Pair(...), ...], pad_id)            # chosen rows first, then rejected
+pair, cut = render_preference(tok, row, opts, max_len)     # two id lists, rendered as in SFT
+batch = collate_pairs([Pair(...), ...], pad_id, packed)    # one segment per pair (data/layout.py)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tunelab.data.layout import Layout, lay_out, pair_segment
 from tunelab.data.render import RenderOptions, render_chat, render_pair, render_text
 from tunelab.errors import TunelabError
 
@@ -25,8 +26,7 @@ class Pair:
 
 @dataclass
 class PairBatch:
-    input_ids: Tensor  # (2B, T) the B chosen sequences, then the B rejected ones; right-padded
-    attention_mask: Tensor  # (2B, T) 1 for real tokens
+    seqs: Layout  # continuation 2i is pair i's chosen answer, 2i + 1 its rejected (the one preference layout)
     margin: Tensor  # (B,) required gap r_w - r_l (0 when the data gives none)
     weight: Tensor  # (B,) each pair's weight in the loss
 
@@ -65,20 +65,19 @@ def render_preference(tok, row: dict, opts: RenderOptions, max_len: int) -> tupl
     ), cut
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int) -> PairBatch:
-    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    if any(len(s) == 0 for s in seqs):
+def collate_pairs(
+    pairs: list[Pair], pad_id: int, packed: bool = False, max_len: int | None = None
+) -> PairBatch:
+    """Each pair one segment: the prompt its two renderings share, then the chosen and the rejected answer."""
+    if any(len(s) == 0 for p in pairs for s in (p.chosen, p.rejected)):
         raise TunelabError(
             "A preference answer rendered to no tokens: there is no last token to read a reward at."
         )
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    segments = [pair_segment(p.chosen, p.rejected) for p in pairs]
     return PairBatch(
-        ids, mask, torch.tensor([p.margin for p in pairs]), torch.tensor([p.weight for p in pairs])
+        lay_out(segments, pad_id, packed=packed, max_len=max_len),
+        torch.tensor([p.margin for p in pairs]),
+        torch.tensor([p.weight for p in pairs]),
     )
 
 
@@ -89,10 +88,13 @@ def pair_batches(
     seed: int = 0,
     shuffle: bool = True,
     group_by_length: bool = False,
+    packed: bool = False,
+    max_len: int | None = None,
 ):
     """Pairs shuffled per epoch, `batch_size` pairs per micro-batch; with `group_by_length`, pairs of
     similar length share a micro-batch (its rows are padded to the longer answer of its longest pair)."""
     from tunelab.data.sources import Shuffled
 
     lengths = [max(len(p.chosen), len(p.rejected)) for p in pairs] if group_by_length else None
-    return Shuffled(pairs, batch_size, lambda chunk: collate_pairs(chunk, pad_id), seed, shuffle, lengths)
+    make = lambda chunk: collate_pairs(chunk, pad_id, packed, max_len)  # noqa: E731
+    return Shuffled(pairs, batch_size, make, seed, shuffle, lengths)

@@ -137,7 +137,7 @@ def lora_merged(model):
     """
     from peft.tuners.lora import Linear as LoraLinear
 
-    from tunelab.models.forward import inner
+    from tunelab.models.capability import inner
 
     layers = [
         m

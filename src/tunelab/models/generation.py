@@ -13,6 +13,17 @@ import torch
 
 from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.models.adapters import lora_merged
+from tunelab.models.capability import inner, prompt_learning, sharded
+from tunelab.models.forward import logprobs_of
+
+
+def cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x; the old name warns until 5.40)."""
+    import inspect
+
+    base = inner(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def left_padded(tok, texts: list[str]):
@@ -28,8 +39,6 @@ def left_padded(tok, texts: list[str]):
 def cache_works(model) -> bool:
     """False for PEFT prompt tuning: through PeftModel.generate with the KV cache, its greedy answers differ
     from a step-by-step forward pass (transformers 5.x + peft 0.17+; tests/test_prompting.py pins it)."""
-    from tunelab.models.forward import prompt_learning
-
     is_prompt, n_virtual = prompt_learning(model)
     return not (is_prompt and n_virtual)
 
@@ -72,7 +81,7 @@ _GREEDY_CHANGERS = (
 
 def drops_finished_rows(model) -> bool:
     """Whether decoding may run in `decode_dropping_finished` (else HF generate does it)."""
-    if not cache_works(model) or any(type(p).__name__ == "DTensor" for p in model.parameters()):
+    if not cache_works(model) or sharded(model):
         return False
     config = getattr(model, "generation_config", None)
     if config is None:
@@ -117,8 +126,6 @@ def decode_dropping_finished(
     <= 64 new tokens: 29.7 s instead of HF generate's 43.1 s, the same 64 answers; GRPO sampling of
     2 x 8 completions <= 32 tokens (temperature 1): 9.4 s instead of 11.2 s (medians of 3 pairs).
     """
-    from tunelab.models.forward import _cache_argument
-
     ids, mask = enc["input_ids"], enc["attention_mask"]
     B = ids.shape[0] * repeats
     new = torch.full((B, max_new_tokens), next(iter(eos)) if pad_id is None else pad_id, dtype=ids.dtype)
@@ -128,7 +135,7 @@ def decode_dropping_finished(
     if max_new_tokens == 0:
         return new, logp, entropy
     eos_ids = torch.tensor(sorted(eos), device=ids.device)
-    name = _cache_argument(model)
+    name = cache_argument(model)
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate: left padding does not count
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = getattr(out, name)
@@ -145,10 +152,8 @@ def decode_dropping_finished(
             token = torch.multinomial(_top_p(logits, top_p).softmax(dim=-1), 1).squeeze(1)
         else:
             token = logits.argmax(dim=-1)
-        logp_all = logits.log_softmax(dim=-1)
         new[rows, step] = token
-        logp[rows, step] = logp_all.gather(1, token[:, None]).squeeze(1)
-        entropy[rows, step] = -(logp_all.exp() * logp_all).sum(dim=-1)
+        logp[rows, step], entropy[rows, step] = logprobs_of(logits, token, entropy=True)
         steps = step + 1
         live = ~torch.isin(token, eos_ids)
         if steps == max_new_tokens or not live.any():

@@ -49,20 +49,15 @@ class RewardScorer:
 
     @torch.no_grad()
     def score(self, items: list[Item]) -> list[float]:
-        from tunelab.models.reward import rewards
+        from tunelab.data.layout import IGNORE, Segment, lay_out
+        from tunelab.models.reward import layout_rewards
 
-        pad = self.tok.pad_token_id
         out: list[float] = []
         for start in range(0, len(items), self.batch_size):
             seqs = [self.ids(it) for it in items[start : start + self.batch_size]]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[i, : len(s)] = 1
-            device = self.model.device
-            out += rewards(self.model, ids.to(device), mask.to(device)).tolist()
+            segments = [Segment([], [s], [[IGNORE] * len(s)]) for s in seqs]  # each answer on its own
+            batch = lay_out(segments, self.tok.pad_token_id, packed=False)
+            out += layout_rewards(self.model, batch.to(self.model.device)).tolist()
         return out
 
 

@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.data.layout import Layout, Segment, lay_out
 from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.losses import policy as P
 from tunelab.models.adapters import lora_merged
-from tunelab.models.forward import token_logprobs
+from tunelab.models.capability import takes_4d_mask
+from tunelab.models.forward import layout_logprobs, logprobs_of
 from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.rl.algos import ALGOS
 from tunelab.train.dist import SINGLE
@@ -36,10 +38,8 @@ from tunelab.train.dist import SINGLE
 
 @dataclass
 class RolloutBatch:
-    input_ids: Tensor  # (N, T) left-padded prompt, then the completion, then padding
-    attention_mask: Tensor  # (N, T) 1 on prompt and completion tokens
-    completion_mask: Tensor  # (N, T) bool: completion tokens, EOS included
-    seq: Tensor  # (K,) sequence index of each completion token (row-major)
+    seqs: Layout  # each prompt with its G completions (data/layout.py); targets: the completion tokens
+    seq: Tensor  # (K,) completion of each completion token (= seqs.target_seq), completion by completion
     old_logp: Tensor  # (K,) log-probs at sampling time, recomputed by the trainer's forward
     ref_logp: Tensor | None  # (K,) reference model (adapter off / frozen copy)
     adv: Tensor  # (K,) advantage of each token
@@ -246,11 +246,8 @@ class RolloutSource:
                     synced_gpus=synced,
                 )
                 sequences = out.sequences
-                logp_all = torch.log_softmax(torch.stack(out.logits, dim=1).float() / temperature, dim=-1)
                 new = sequences[:, enc["input_ids"].shape[1] :]  # (N, C)
-                logp = logp_all.gather(2, new[..., None]).squeeze(2)  # (N, C)
-                entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (N, C)
-                del logp_all
+                logp, entropy = logprobs_of(torch.stack(out.logits, dim=1), new, temperature, entropy=True)
         # the batch is assembled on the CPU; the loop moves it to the training device
         return sequences.cpu(), enc["attention_mask"].cpu(), (logp.cpu(), entropy.cpu())
 
@@ -315,13 +312,10 @@ class RolloutSource:
     def to_batch(self, sampled: Sampled, scored: Scored) -> RolloutBatch:
         """Old, reference (and PPO's value) log-probs, advantages and the step's statistics."""
         cfg = self.cfg
-        completion_mask = sampled.completion_mask
-        seq = torch.arange(completion_mask.shape[0])[:, None].expand_as(completion_mask)[
-            completion_mask
-        ]  # (K,)
-        generated = completion_mask[:, sampled.prompt_len :]  # (N, C)
-        device = self.policy.device
-        on_device = [t.to(device) for t in (sampled.sequences, sampled.attention_mask, completion_mask)]
+        seqs = self.lay_out(sampled)
+        seq = seqs.target_seq  # (K,)
+        generated = sampled.completion_mask[:, sampled.prompt_len :]  # (N, C)
+        on_device = seqs.to(self.policy.device)
         is_weight, sampler_stats = None, {}
         if self.sampler is None:
             # the sampling distribution's log-probs come with sampling (raw logits / temperature); the
@@ -331,7 +325,7 @@ class RolloutSource:
         else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
-            logp, ent, _ = token_logprobs(self.policy, *on_device, cfg.rollout.temperature)
+            logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
             old_logp, entropy = logp.cpu(), ent.cpu()
             sampler_logp = sampled.gen_out[generated]  # (K,)
             sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
@@ -340,17 +334,15 @@ class RolloutSource:
                 sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
-            old_values = token_logprobs(self.policy, *on_device, cfg.rollout.temperature, self.value_head)[2]
+            old_values = layout_logprobs(self.policy, on_device, cfg.rollout.temperature, self.value_head)[2]
             old_values = old_values.cpu()
-        ref_logp = self.ref(*on_device).cpu() if self.ref is not None else None
+        ref_logp = self.ref(on_device).cpu() if self.ref is not None else None
         kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
         adv, returns = self.advantages(scored.rewards, seq, kl_tok, old_values)
         stats = self.step_stats(sampled, scored, old_logp, ref_logp, entropy)
         stats.update(sampler_stats)
         return RolloutBatch(
-            sampled.sequences,
-            sampled.attention_mask,
-            completion_mask,
+            seqs,
             seq,
             old_logp,
             ref_logp,
@@ -361,6 +353,21 @@ class RolloutSource:
             stats,
             is_weight,
         )
+
+    def lay_out(self, sampled: Sampled) -> Layout:
+        """Each prompt (without its left padding) and its G completions (to their EOS) as one segment,
+        packed when the policy takes a 4-D mask (every prompt then runs once for its group), else padded."""
+        G, P = self.cfg.rl.group, sampled.prompt_len
+        ids, prompt_mask = sampled.sequences, sampled.attention_mask[:, :P].bool()
+        segments = [
+            Segment(
+                ids[g, :P][prompt_mask[g]].tolist(),
+                [ids[i, P : P + sampled.lengths[i]].tolist() for i in range(g, g + G)],
+            )
+            for g in range(0, ids.shape[0], G)
+        ]
+        packed = takes_4d_mask(self.policy)
+        return lay_out(segments, self.tok.pad_token_id, packed=packed, max_len=self.cfg.train.max_len)
 
     def step_stats(self, sampled: Sampled, scored: Scored, old_logp, ref_logp, entropy) -> dict:
         """The step's statistics: rewards over every rank, KL, entropy, lengths, timings."""
