@@ -77,18 +77,20 @@ def _targets(seg: Segment, c: int) -> list[bool]:
 
 
 def _rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
-    """Segment indices per packed row: next fit in the given order, none split."""
+    """Segment indices per packed row, none split: first fit in decreasing length, so rows fill up and
+    the batch pads little (where a segment sits does not change the continuations' order)."""
+    length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
     rows: list[list[int]] = []
-    used = 0
-    for i, seg in enumerate(segments):
-        n = len(seg.prompt) + sum(len(c) for c in seg.continuations)
-        if rows and (max_len is None or used + n <= max_len):
-            rows[-1].append(i)
-            used += n
-        else:
+    used: list[int] = []
+    for i in sorted(range(len(segments)), key=lambda i: -length[i]):
+        fit = next((r for r, n in enumerate(used) if max_len is not None and n + length[i] <= max_len), None)
+        if fit is None:
             rows.append([i])
-            used = n
-    return rows
+            used.append(length[i])
+        else:
+            rows[fit].append(i)
+            used[fit] += length[i]
+    return [sorted(row) for row in rows]
 
 
 def lay_out(segments: list[Segment], pad_id: int, *, packed: bool, max_len: int | None = None) -> Layout:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.layout import Layout, lay_out, pair_segment
-from tunelab.data.render import RenderOptions, render_chat, render_pair, render_text
+from tunelab.data.render import RenderOptions, render_answer
 from tunelab.errors import TunelabError
 
 
@@ -36,20 +36,6 @@ class PairBatch:
         return int(self.margin.shape[0])
 
 
-def render_answer(tok, prompt, answer, opts: RenderOptions) -> list[int]:
-    """Prompt + answer rendered exactly as SFT renders them (chat template, or prompt + SEP + answer + EOS)."""
-    if isinstance(answer, list):  # a chat continuation, or a whole chat
-        head = (
-            prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
-        )
-        return render_chat(tok, head + answer).input_ids
-    if isinstance(prompt, list):
-        return render_chat(tok, prompt + [{"role": "assistant", "content": answer}]).input_ids
-    if not prompt:
-        return render_text(tok, answer).input_ids
-    return render_pair(tok, prompt, answer, opts).input_ids
-
-
 def fit_pair(ids: list[int], max_len: int) -> list[int]:
     """Keep the last max_len tokens: the reward is read at the end, so the end must stay."""
     return ids[-max_len:]
@@ -57,8 +43,8 @@ def fit_pair(ids: list[int], max_len: int) -> list[int]:
 
 def render_preference(tok, row: dict, opts: RenderOptions, max_len: int) -> tuple[Pair, bool]:
     """(the pair, whether it was cut to max_len)."""
-    chosen = render_answer(tok, row["prompt"], row["chosen"], opts)
-    rejected = render_answer(tok, row["prompt"], row["rejected"], opts)
+    chosen = render_answer(tok, row["prompt"], row["chosen"], opts).input_ids
+    rejected = render_answer(tok, row["prompt"], row["rejected"], opts).input_ids
     cut = len(chosen) > max_len or len(rejected) > max_len
     return Pair(
         fit_pair(chosen, max_len), fit_pair(rejected, max_len), row.get("margin", 0.0), row.get("weight", 1.0)
@@ -82,19 +68,18 @@ def collate_pairs(
 
 
 def pair_batches(
-    pairs: list[Pair],
+    pairs: list,
     batch_size: int,
-    pad_id: int,
+    collate,
+    length,
     seed: int = 0,
     shuffle: bool = True,
     group_by_length: bool = False,
-    packed: bool = False,
-    max_len: int | None = None,
 ):
-    """Pairs shuffled per epoch, `batch_size` pairs per micro-batch; with `group_by_length`, pairs of
-    similar length share a micro-batch (its rows are padded to the longer answer of its longest pair)."""
+    """Preference pairs (the reward model's or DPO's) shuffled per epoch, `batch_size` pairs per micro-batch,
+    made by `collate(chunk)`; with `group_by_length`, pairs of similar `length(pair)` (the longer answer)
+    share a micro-batch."""
     from tunelab.data.sources import Shuffled
 
-    lengths = [max(len(p.chosen), len(p.rejected)) for p in pairs] if group_by_length else None
-    make = lambda chunk: collate_pairs(chunk, pad_id, packed, max_len)  # noqa: E731
-    return Shuffled(pairs, batch_size, make, seed, shuffle, lengths)
+    lengths = [length(p) for p in pairs] if group_by_length else None
+    return Shuffled(pairs, batch_size, collate, seed, shuffle, lengths)

@@ -127,11 +127,10 @@ def _init_prompt_from_text(peft_model, tok, text: str, n: int) -> None:
 def lora_merged(model):
     """LoRA folded into the base weights for forward-only work (sampling), the exact base weights back after.
 
-    Unmerged, every adapted linear layer costs three matmuls and a handful of small ops per forward; in
-    token-by-token decoding at small batch, where each step is bound by reading the weights and by per-op
-    overhead, that was 30-40% of the step (SmolLM2-135M + LoRA q/k/v/o, batch 16: 193 ms a step, 139 ms
-    merged). peft's `unmerge` subtracts the update again, which leaves the frozen weights a rounding error
-    off after every step; here the base weights are saved and copied back instead, bit for bit.
+    Unmerged, every adapted linear layer costs three matmuls and a handful of small ops per forward, a large
+    share of a token-by-token decoding step (docs/decisions.md, "LoRA merged while decoding"). Invariant:
+    the base weights afterwards are bit for bit those before (peft's `unmerge` subtracts the update again,
+    which leaves them a rounding error off after every step; here they are saved and copied back).
     Vanilla LoRA on linear layers only; DoRA, LoRA biases, disabled adapters and sharded weights stay as
     they are (the context does nothing for them).
     """

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.data.pairs import render_answer
-from tunelab.data.render import RenderOptions
+from tunelab.data.render import RenderOptions, render_answer
 
 Item = str | tuple[str, str]  # a rendered text, or (prompt, answer)
 
@@ -45,7 +44,7 @@ class RewardScorer:
         if isinstance(item, str):
             return self.tok(item, add_special_tokens=False)["input_ids"]
         prompt, answer = item
-        return render_answer(self.tok, prompt, answer, self.opts)
+        return render_answer(self.tok, prompt, answer, self.opts).input_ids
 
     @torch.no_grad()
     def score(self, items: list[Item]) -> list[float]:

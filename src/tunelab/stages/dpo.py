@@ -19,9 +19,9 @@ from torch import Tensor
 from tunelab.config.schema import DPOConfig
 from tunelab.config.variants import pick
 from tunelab.data.layout import Layout, lay_out, pair_segment
+from tunelab.data.pairs import pair_batches
 from tunelab.data.read import read_dataset
-from tunelab.data.render import Tokenized, render_chat, render_pair
-from tunelab.data.sources import Shuffled
+from tunelab.data.render import Tokenized, render_answer
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
 from tunelab.models.capability import inner, takes_4d_mask
@@ -48,48 +48,18 @@ def collate_dpo(
     return DPOBatch(lay_out(segments, pad_id, packed=packed, max_len=max_len))
 
 
-def render_with_labels(tok, prompt, answer, opts) -> Tokenized:
-    if isinstance(answer, list) or isinstance(prompt, list):
-        head = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        tail = answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
-        return render_chat(tok, head + tail)
-    return render_pair(tok, prompt, answer, opts)
-
-
-def dpo_batches(
-    pairs: list[tuple[Tokenized, Tokenized]],
-    batch_size: int,
-    pad_id: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    group_by_length: bool = False,
-    packed: bool = False,
-    max_len: int | None = None,
-):
-    """(chosen, rejected) pairs shuffled per epoch, `batch_size` pairs a micro-batch (`collate_dpo`).
-    With `group_by_length`, pairs of similar length (the longer of the two rows) share a micro-batch."""
-    lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in pairs] if group_by_length else None
-    return Shuffled(
-        pairs,
-        batch_size,
-        lambda chunk: collate_dpo(chunk, pad_id, packed, max_len),
-        seed,
-        shuffle,
-        lengths,
-    )
-
-
-def train_batches(pairs, tok, cfg: DPOConfig, packed: bool = False):
-    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length;
-    packed when the model takes a 4-D mask (each prompt then runs once for both answers)."""
-    return dpo_batches(
+def train_batches(pairs, tok, cfg: DPOConfig, packed: bool = False, training: bool = True):
+    """The (chosen, rejected) pairs' batch source: shuffled per epoch and grouped by length
+    (data.group_by_length) for training, in order for evaluation; packed when the model takes a 4-D
+    mask (each prompt then runs once for both answers)."""
+    return pair_batches(
         pairs,
         cfg.train.batch_size,
-        tok.pad_token_id,
+        lambda chunk: collate_dpo(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda pair: max(len(pair[0].input_ids), len(pair[1].input_ids)),
         cfg.seed,
-        group_by_length=cfg.data.group_by_length,
-        packed=packed,
-        max_len=cfg.train.max_len,
+        shuffle=training,
+        group_by_length=training and cfg.data.group_by_length,
     )
 
 
@@ -130,8 +100,8 @@ def render_pairs(rows, tok, cfg: DPOConfig):
     opts = render_options(cfg)
     pairs = []
     for row in rows:
-        chosen = render_with_labels(tok, row["prompt"], row["chosen"], opts)
-        rejected = render_with_labels(tok, row["prompt"], row["rejected"], opts)
+        chosen = render_answer(tok, row["prompt"], row["chosen"], opts)
+        rejected = render_answer(tok, row["prompt"], row["rejected"], opts)
         if max(len(chosen.input_ids), len(rejected.input_ids)) > cfg.train.max_len:
             continue  # a cut answer would compare the wrong things
         if not chosen.n_trained or not rejected.n_trained:
@@ -163,14 +133,8 @@ def main(cfg: DPOConfig) -> Path:
     packed = takes_4d_mask(model)
     eval_batches = None
     if held_rows:
-        held = render_pairs(held_rows, tok, cfg)
-        eval_batches = dpo_batches(
-            held,
-            cfg.train.batch_size,
-            tok.pad_token_id,
-            shuffle=False,
-            packed=packed,
-            max_len=cfg.train.max_len,
+        eval_batches = train_batches(
+            render_pairs(held_rows, tok, cfg), tok, cfg, packed, training=False
         ).all()
         report["eval pairs"] = len(held_rows)
     batches = train_batches(pairs, tok, cfg, packed)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tunelab.config.schema import RMConfig
-from tunelab.data.pairs import PairBatch, pair_batches, render_preference
+from tunelab.data.pairs import PairBatch, collate_pairs, pair_batches, render_preference
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
@@ -51,17 +51,17 @@ def render_pairs(rows, tok, cfg: RMConfig):
     return pairs, n_cut
 
 
-def train_batches(pairs, tok, cfg: RMConfig, packed: bool = False):
-    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length;
-    packed when the model takes a 4-D mask (each pair's prompt then runs once)."""
+def train_batches(pairs, tok, cfg: RMConfig, packed: bool = False, training: bool = True):
+    """The pairs' batch source: shuffled per epoch and grouped by length (data.group_by_length) for
+    training, in order for evaluation; packed when the model takes a 4-D mask (a pair's prompt runs once)."""
     return pair_batches(
         pairs,
         cfg.train.batch_size,
-        tok.pad_token_id,
+        lambda chunk: collate_pairs(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda pair: max(len(pair.chosen), len(pair.rejected)),
         cfg.seed,
-        group_by_length=cfg.data.group_by_length,
-        packed=packed,
-        max_len=cfg.train.max_len,
+        shuffle=training,
+        group_by_length=training and cfg.data.group_by_length,
     )
 
 
@@ -134,14 +134,7 @@ def main(cfg: RMConfig) -> Path:
     eval_batches = None
     if held_rows:
         held, _ = render_pairs(held_rows, tok, cfg)
-        eval_batches = pair_batches(
-            held,
-            cfg.train.batch_size,
-            tok.pad_token_id,
-            shuffle=False,
-            packed=packed,
-            max_len=cfg.train.max_len,
-        ).all()
+        eval_batches = train_batches(held, tok, cfg, packed, training=False).all()
         report["eval pairs"] = len(held)
     batches = train_batches(pairs, tok, cfg, packed)
     run = train(
