@@ -18,7 +18,7 @@ from torch import Tensor
 from tunelab.data.batch import LMBatch
 from tunelab.data.layout import Layout
 from tunelab.data.render import IGNORE
-from tunelab.models.capability import prompt_learning
+from tunelab.models.capability import prompt_learning, takes_4d_mask
 
 
 def logprobs_of(
@@ -60,10 +60,10 @@ def layout_logits(model, batch: Layout, hidden: bool = False) -> tuple[Tensor, T
     keep = torch.zeros(R * T, dtype=torch.bool, device=batch.input_ids.device)
     keep[batch.source] = True  # a position that predicts G targets (a shared prompt's last) is kept once
     slot = torch.cumsum(keep.long(), 0) - 1  # flat position -> row of the kept logits
+    if batch.packed and not takes_4d_mask(model):  # the batch maker asked the same question
+        raise ValueError("a packed layout needs sdpa or eager attention and no prompt / prefix tuning")
     is_prompt, n_virtual = prompt_learning(model)
     if is_prompt:  # virtual tokens in front: their positions are the model's own (padded layouts only)
-        if batch.packed:
-            raise ValueError("prompt and prefix tuning cannot run a packed layout")
         keep_2d = torch.cat([keep.new_zeros(R, n_virtual), keep.view(R, T)], dim=1)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep_2d)
     else:
