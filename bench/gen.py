@@ -1,6 +1,6 @@
 """Evaluation generation, one side per process: 64 prompts, greedy, up to 64 new tokens, SmolLM2-135M fp32.
 
-    python -m bench.gen --side tunelab        # tunelab.generation.complete: the whole batch at once
+    python -m bench.gen --side tunelab        # tunelab.models.generation.complete: the whole batch at once
     python -m bench.gen --side hf_batched     # model.generate on the left-padded batch
     python -m bench.gen --side hf_single      # model.generate one prompt at a time
 
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     import torch
 
     from tunelab.data.render import RenderOptions, prompt_text
-    from tunelab.generation import complete, eos_ids, left_padded
+    from tunelab.models.generation import complete, eos_ids, left_padded
     from tunelab.models.load import load_model
 
     a = parse(argv)

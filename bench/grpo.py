@@ -36,7 +36,7 @@ def parse(argv=None):
 
 def tunelab_side(a) -> dict:
     from tunelab.config import load_config
-    from tunelab.schema import RLConfig
+    from tunelab.config.schema import RLConfig
     from tunelab.stages import rl
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,8 +41,8 @@ def rows_for(a) -> list[dict]:
 
 def tunelab_side(a) -> dict:
     from tunelab.config import load_config
+    from tunelab.config.schema import DPOConfig, RMConfig
     from tunelab.models.load import load_model
-    from tunelab.schema import DPOConfig, RMConfig
     from tunelab.stages import dpo, rm
 
     stage = rm if a.task == "rm" else dpo
@@ -114,8 +114,8 @@ def trl_side(a) -> dict:
     from peft import LoraConfig
 
     from tunelab.config import load_config
+    from tunelab.config.schema import RMConfig
     from tunelab.models.load import load_model
-    from tunelab.schema import RMConfig
     from tunelab.stages import rm
 
     rows = rows_for(a)

@@ -40,8 +40,8 @@ def sft_lora() -> list[str]:
     from torch.profiler import ProfilerActivity, profile
 
     from tunelab.config import load_config
+    from tunelab.config.schema import SFTConfig
     from tunelab.data.sources import row_batches
-    from tunelab.schema import SFTConfig
     from tunelab.stages.common import prepare_model, render_rows
     from tunelab.stages.sft import loss_fn
     from tunelab.train.optim import build_optimizer
@@ -73,9 +73,9 @@ def grpo() -> list[str]:
     from torch.profiler import ProfilerActivity, profile
 
     from tunelab.config import load_config
+    from tunelab.config.schema import RLConfig
     from tunelab.rl.rewards import build_reward
     from tunelab.rl.rollout import RolloutSource
-    from tunelab.schema import RLConfig
     from tunelab.stages import rl
     from tunelab.stages.common import prepare_model, render_options
 

@@ -45,7 +45,7 @@ def make_rows(a) -> list[dict]:
 
 def config(a, tmp: Path, data: Path):
     from tunelab.config import load_config
-    from tunelab.schema import SFTConfig
+    from tunelab.config.schema import SFTConfig
 
     overrides = [
         "model=smollm2-135m",
@@ -140,8 +140,8 @@ def trl_side(a) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.config import load_config
+    from tunelab.config.schema import SFTConfig as TLConfig
     from tunelab.models.load import load_model
-    from tunelab.schema import SFTConfig as TLConfig
     from tunelab.stages.common import render_rows
 
     model, tok = load_model("smollm2-135m")

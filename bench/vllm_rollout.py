@@ -19,7 +19,7 @@ from pathlib import Path
 
 def run(backend: str, steps: int, adapter: str, tmp: str) -> dict:
     from tunelab.config import load_config
-    from tunelab.schema import RLConfig
+    from tunelab.config.schema import RLConfig
     from tunelab.stages import rl
 
     cfg = load_config(

@@ -10,19 +10,25 @@ import json
 from pathlib import Path
 
 from tunelab.config import load_config
+from tunelab.config.schema import RLConfig
 from tunelab.data.read import read_dataset
 from tunelab.data.render import RenderOptions
-from tunelab.generation import generate
+from tunelab.models.generation import generate
 from tunelab.models.load import load_model
 from tunelab.rl.rewards import number_close
-from tunelab.schema import RLConfig
 from tunelab.stages import rl
 
 INSTRUCTION = "Answer with the number only."
 
 
 def accuracy(model, tok, rows):
-    answers = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=16, opts=RenderOptions(instruction=INSTRUCTION))
+    answers = generate(
+        model,
+        tok,
+        [r["prompt"] for r in rows],
+        max_new_tokens=16,
+        opts=RenderOptions(instruction=INSTRUCTION),
+    )
     return sum(number_close(r, a) for r, a in zip(rows, answers)) / len(rows)
 
 
@@ -39,13 +45,18 @@ def main():
     base, tok = load_model("smollm2-135m")
     before = accuracy(base, tok, held_out)
     print(f"held-out accuracy before: {before:.3f} ({len(held_out)} prompts)", flush=True)
-    cfg = load_config(RLConfig, "configs/rl.yaml", [f"data.train={train_file}", f"train.max_steps={args.steps}",
-                                                     f"out={args.out}/run", "resume=never"])
+    cfg = load_config(
+        RLConfig,
+        "configs/rl.yaml",
+        [f"data.train={train_file}", f"train.max_steps={args.steps}", f"out={args.out}/run", "resume=never"],
+    )
     run = rl.main(cfg)
     tuned, _ = load_model("smollm2-135m", adapter=str(run / "final"))
     after = accuracy(tuned, tok, held_out)
     print(f"held-out accuracy after {args.steps} GRPO steps: {after:.3f}")
-    (Path(args.out) / "result.json").write_text(json.dumps({"before": before, "after": after, "steps": args.steps}) + "\n")
+    (Path(args.out) / "result.json").write_text(
+        json.dumps({"before": before, "after": after, "steps": args.steps}) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from test_faults import SFT, checkpoints, one_paragraph, steps_logged
 from test_train import PAIRS, sft_config
 
 from tunelab.errors import TunelabError
-from tunelab.schema import GuardSection
+from tunelab.config.schema import GuardSection
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.guard import Guard, StepUndo, guarded_step
 
@@ -177,7 +177,12 @@ def test_a_damaged_newest_checkpoint_is_passed_over_saying_which_and_why(finishe
     else:
         (newest / "manifest.json").unlink()
     code, _, err = cli(
-        *SFT, "train.keep_last=3", "train.keep_optimizer=true", "train.max_steps=8", f"data.train={data}", f"out={run}"
+        *SFT,
+        "train.keep_last=3",
+        "train.keep_optimizer=true",
+        "train.max_steps=8",
+        f"data.train={data}",
+        f"out={run}",
     )
     message = one_paragraph(err)
     assert code == 0, err

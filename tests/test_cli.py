@@ -209,7 +209,7 @@ def test_stage_help_lists_every_config_key(capsys, command):
     from tunelab.commands.keys import key_rows
 
     name = STAGES[command][0] if command in STAGES else "LadderConfig"
-    cls = getattr(importlib.import_module("tunelab.schema"), name)
+    cls = getattr(importlib.import_module("tunelab.config.schema"), name)
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0

@@ -1,8 +1,8 @@
 import pytest
 
 from tunelab.config import dump_config, load_config, parse_overrides
+from tunelab.config.schema import SFTConfig
 from tunelab.errors import TunelabError
-from tunelab.schema import SFTConfig
 
 
 def test_overrides_parse_types():
@@ -47,8 +47,21 @@ def test_unknown_key_names_it_and_suggests_the_closest(tmp_path):
 def test_wrong_type_and_bad_choice_name_the_key():
     with pytest.raises(TunelabError, match=r"'train.batch_size'.*'eight'"):
         load_config(SFTConfig, None, ["train.batch_size=eight"])
-    with pytest.raises(TunelabError, match=r"'adapter'"):
-        load_config(SFTConfig, None, ["adapter=qlora"])
+
+
+def test_a_variant_name_is_checked_against_its_table_before_the_model_loads():
+    from tunelab.config.variants import pick
+    from tunelab.rl.algos import ALGOS
+    from tunelab.stages.common import prepare_model
+
+    cfg = load_config(SFTConfig, None, ["adapter=qlora"])  # the config layer holds a plain name
+    with pytest.raises(
+        TunelabError, match=r"adapter='qlora' is not one of: none, lora, .*Did you mean 'lora'"
+    ):
+        prepare_model(cfg)
+    assert pick(ALGOS, "ppo", "algo").critic and not pick(ALGOS, "grpo", "algo").critic
+    with pytest.raises(TunelabError, match=r"algo='grpp' is not one of: grpo, rloo, reinforce, ppo"):
+        pick(ALGOS, "grpp", "algo")
 
 
 def test_missing_or_broken_config_file(tmp_path):

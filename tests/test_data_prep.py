@@ -20,6 +20,7 @@ from tunelab.data.prep.config import CleanConfig, DedupConfig
 from tunelab.data.prep.dedup import run_dedup, shingles
 from tunelab.data.prep.tokenize import documents, dtype_for, run_tokenize
 from tunelab.data.token_blocks import TokenBlocks
+from tunelab.models.load import load_tokenizer
 
 GOOD = """The old lighthouse keeper climbed the stairs every evening to light the lamp.
 He had done this for thirty years, and the ships that passed the rocky coast trusted him.
@@ -227,7 +228,7 @@ def test_tokenize_round_trip_boundaries_and_dtype(tmp_path, tiny_llama, monkeypa
         tmp_path / "a.jsonl",
         [{"text": t} for t in texts[:2]] + [{"text": "  "}] + [{"text": t} for t in texts[2:]],
     )
-    meta = run_tokenize([str(data)], tmp_path / "tok", "tiny:llama")
+    meta = run_tokenize([str(data)], tmp_path / "tok", load_tokenizer("tiny:llama"), model="tiny:llama")
     assert meta["dtype"] == "uint16" and meta["n_docs"] == 4 and meta["empty_docs_skipped"] == 1
     tokens, starts = documents(tmp_path / "tok")
     assert (tmp_path / "tok" / "tokens.bin").stat().st_size == 2 * meta["n_tokens"]
@@ -241,7 +242,7 @@ def test_tokenize_round_trip_boundaries_and_dtype(tmp_path, tiny_llama, monkeypa
     monkeypatch.setattr(
         "tunelab.data.prep.tokenize.chunks", functools.partial(stream.chunks, chunk_chars=300)
     )
-    run_tokenize([str(data)], tmp_path / "tok2", "tiny:llama", workers=2)
+    run_tokenize([str(data)], tmp_path / "tok2", load_tokenizer("tiny:llama"), model="tiny:llama", workers=2)
     for name in ("tokens.bin", "docs.bin"):
         assert (tmp_path / "tok2" / name).read_bytes() == (tmp_path / "tok" / name).read_bytes()
     assert (dtype_for(65536), dtype_for(65537), dtype_for(151_646)) == ("uint16", "uint32", "uint32")
@@ -396,12 +397,12 @@ def _final_weights(run):
 
 def test_pretrain_refuses_tokens_from_another_tokenizer(tmp_path):
     from tunelab.config import load_config
+    from tunelab.config.schema import PretrainConfig
     from tunelab.errors import TunelabError
-    from tunelab.schema import PretrainConfig
     from tunelab.stages import pretrain
 
     data = write_jsonl(tmp_path / "a.jsonl", [{"text": GOOD}] * 3)
-    run_tokenize([str(data)], tmp_path / "tok", "tiny:gpt2")
+    run_tokenize([str(data)], tmp_path / "tok", load_tokenizer("tiny:gpt2"), model="tiny:gpt2")
     cfg = load_config(
         PretrainConfig, None, ["model=tiny:llama", f"data.train={tmp_path / 'tok'}", f"out={tmp_path / 'r'}"]
     )

@@ -40,13 +40,13 @@ def one_process(*args):
 
 def two_processes(*args, check=True, kill_at=0, nproc=2):
     """torchrun with 2 processes; `kill_at`: SIGKILL rank 0 after that step (torchrun then stops both)."""
-    env = dict(_env(), TUNELAB_FAULT_KILL_AT_STEP=str(kill_at)) if kill_at else _env()
     torchrun = Path(sys.executable).with_name("torchrun")
+    target = [str(TESTS / "helpers" / "killed_run.py"), str(kill_at)] if kill_at else ["-m", "tunelab"]
     out = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "tunelab", *args],
+        [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), *target, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=_env(),
     )
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
@@ -227,8 +227,11 @@ def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest():
     ids = torch.ones(2, 3, dtype=torch.long)
     lm = to_device(LMBatch(ids, ids.clone(), torch.ones_like(ids), None, 5), torch.device("meta"))
     assert lm.input_ids.device.type == "meta" and lm.position_ids is None and lm.n_tokens == 5
+    from tunelab.data.layout import Segment, lay_out
+
     k = torch.zeros(4)
-    roll = RolloutBatch(ids, ids, ids.bool(), k.long(), k, None, k, None, None, k[:2], {"reward": 0.5})
+    seqs = lay_out([Segment([1], [[2, 3], [4, 5]])], pad_id=0, packed=False)  # 4 targets
+    roll = RolloutBatch(seqs, seqs.target_seq, k, None, k, None, None, k[:2], {"reward": 0.5})
     moved = to_device(roll, torch.device("meta"))
     assert moved.old_logp.device.type == "meta" and moved.ref_logp is None and moved.stats == {"reward": 0.5}
     assert moved.n_targets == 4 and roll.old_logp.device.type == "cpu"  # the source's batch is left as it was

@@ -47,9 +47,7 @@ def _run(command: str, work: Path, env: dict, zygote) -> tuple[int, str]:
     """(exit status, output) of one command: a plain `tunelab ...` is forked from the warm zygote
     (a second instead of ~5 s of imports), anything else runs in bash."""
     words = shlex.split(command)
-    plain = (
-        words and words[0] == "tunelab" and not any(ch in SHELL_SYNTAX for ch in command)
-    )
+    plain = words and words[0] == "tunelab" and not any(ch in SHELL_SYNTAX for ch in command)
     if plain:
         log = work / ".docs-test.log"
         status = zygote.run(words[1:], log, env={"OMP_NUM_THREADS": "1"}, cwd=work)

@@ -10,7 +10,7 @@ from conftest import write_jsonl
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
-from tunelab.schema import RMConfig, SFTConfig
+from tunelab.config.schema import RMConfig, SFTConfig
 from tunelab.stages import rm, sft
 
 PAIRS = [

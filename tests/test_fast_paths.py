@@ -20,77 +20,9 @@ def lora_model(targets):
     return get_peft_model(model, config).eval(), tok
 
 
-def grouped_rollout(tok, groups: int = 2, group: int = 3):
-    """A GRPO-like batch: left-padded prompts, each repeated `group` times with completions of different
-    lengths, right-padded; target_mask on the completion tokens."""
-    prompts = ["what is two plus two", "a longer question about the cat that sat on the mat"][:groups]
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    P = max(len(x) for x in prompt_ids)
-    g = torch.Generator().manual_seed(0)
-    rows, masks, targets = [], [], []
-    for ids in prompt_ids:
-        for k in range(group):
-            n = 2 + 3 * k  # completions of 2, 5, 8 tokens
-            completion = torch.randint(3, 300, (n,), generator=g).tolist()
-            pad_left, pad_right = P - len(ids), 3 * (group - 1) + 2 - n
-            rows.append([0] * pad_left + ids + completion + [0] * pad_right)
-            masks.append([0] * pad_left + [1] * (len(ids) + n) + [0] * pad_right)
-            targets.append([0] * P + [1] * n + [0] * pad_right)
-    return torch.tensor(rows), torch.tensor(masks), torch.tensor(targets).bool()
-
-
-@pytest.mark.parametrize("path", ["packed", "kv_cache"])
-def test_shared_prompt_logprobs_equal_the_plain_forward_and_its_gradients(monkeypatch, path):
-    """Both fast paths: the groups packed into one row (models/packed_groups.py), and the prompt run once
-    with its KV cache shared (for attentions that take no 4D mask)."""
-    from tunelab.models import forward
-
-    model, tok = lora_model(["q_proj", "k_proj", "v_proj", "o_proj"])
-    model.train()
-    ids, mask, target = grouped_rollout(tok)
-    shared = forward.shared_prompts(ids, mask, target)
-    assert shared is not None  # a fast path applies here
-    assert forward.packable(model, mask, target, *shared[:2])
-    if path == "kv_cache":
-        monkeypatch.setattr(forward, "packable", lambda *a: False)
-    else:  # the packed path must not fall through to the cache path
-        monkeypatch.setattr(forward, "_shared_prompt_logits", None)
-
-    def run():
-        model.zero_grad()
-        logp, entropy, _ = forward.token_logprobs(model, ids, mask, target, temperature=0.7)
-        (
-            logp * torch.linspace(-1, 1, len(logp))
-        ).sum().backward()  # a loss that weighs every token differently
-        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-        return logp.detach(), entropy.detach(), grads
-
-    fast = run()
-    monkeypatch.setattr(forward, "shared_prompts", lambda *a: None)
-    plain = run()
-    assert len(fast[0]) == int(target.sum())
-    # float rounding only: sums run in another order (gradients: 8e-7 of their norm, 1.6e-5 at most)
-    for got, want, atol in zip(fast, plain, (1e-5, 1e-5, 5e-5), strict=True):
-        assert torch.allclose(got, want, rtol=1e-5, atol=atol), (got - want).abs().max()
-
-
-def test_rows_that_do_not_share_prompts_take_the_plain_path():
-    from tunelab.models import forward
-
-    model, tok = lora_model(["q_proj"])
-    ids, mask, target = grouped_rollout(tok, groups=2, group=1)
-    assert forward.shared_prompts(ids, mask, target) is None
-    ids, mask, target = grouped_rollout(tok, groups=2, group=3)
-    ids[1, -3] = 7  # a completion token differs: the prompts are still shared
-    P, heads, group_of_row = forward.shared_prompts(ids, mask, target)
-    assert heads.tolist() == [0, 3] and group_of_row.tolist() == [0, 0, 0, 1, 1, 1]
-    ids[1, P - 1] = (ids[1, P - 1] + 1) % 300  # a prompt token differs: groups 0 | 1 | 2 | 3-5
-    assert forward.shared_prompts(ids, mask, target) is None  # more than half as many prompts as rows
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama+lora"])
 def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
-    from tunelab.generation import complete, decode_dropping_finished, drops_finished_rows, left_padded
+    from tunelab.models.generation import complete, decode_dropping_finished, drops_finished_rows, left_padded
     from tunelab.models.load import load_model
 
     model, tok = lora_model(["q_proj", "v_proj"]) if arch == "llama+lora" else load_model(f"tiny:{arch}")
@@ -121,7 +53,7 @@ def test_greedy_that_drops_finished_rows_gives_hf_greedy_tokens(arch):
 
 
 def test_greedy_leaves_a_repetition_penalty_to_hf():
-    from tunelab.generation import drops_finished_rows
+    from tunelab.models.generation import drops_finished_rows
 
     model, _ = lora_model(["q_proj"])
     model.generation_config.repetition_penalty = 1.3
@@ -131,8 +63,9 @@ def test_greedy_leaves_a_repetition_penalty_to_hf():
 def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
     """Sampled tokens: seeded, pad after EOS, and their log-probs / entropies are those a training forward
     computes at the sampling temperature (what RL's old log-probs must be)."""
-    from tunelab.generation import decode_dropping_finished, left_padded
-    from tunelab.models.forward import token_logprobs
+    from tunelab.data.layout import Segment, lay_out
+    from tunelab.models.forward import layout_logprobs
+    from tunelab.models.generation import decode_dropping_finished, left_padded
 
     model, tok = lora_model(["q_proj", "v_proj"])
     enc = left_padded(tok, ["a", "the cat sat on the mat and", "one two three", "x y"])
@@ -154,11 +87,10 @@ def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
     assert len(set(first_end.tolist())) > 1  # rows really left at different steps
     generated = torch.arange(new.shape[1])[None, :] <= first_end[:, None]  # EOS included
     assert (new[~generated] == tok.pad_token_id).all()
-    sequences = torch.cat([enc["input_ids"], new], dim=1)
-    mask = torch.cat([enc["attention_mask"], generated.long()], dim=1)
-    target = torch.cat([torch.zeros_like(enc["attention_mask"]), generated.long()], dim=1).bool()
+    prompts = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"], strict=True)]
+    segments = [Segment(p, [row[g].tolist()]) for p, row, g in zip(prompts, new, generated, strict=True)]
     with torch.no_grad():
-        want_logp, want_entropy, _ = token_logprobs(model, sequences, mask, target, temperature=0.8)
+        want_logp, want_entropy, _ = layout_logprobs(model, lay_out(segments, 0, packed=False), 0.8)
     assert torch.allclose(logp[generated], want_logp, atol=1e-4)
     assert torch.allclose(entropy[generated], want_entropy, atol=1e-4)
 
@@ -166,7 +98,7 @@ def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
 def test_top_p_filter_is_hf_top_p():
     from transformers.generation.logits_process import TopPLogitsWarper
 
-    from tunelab.generation import _top_p
+    from tunelab.models.generation import _top_p
 
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
     for p in (0.3, 0.9, 0.999):
@@ -175,7 +107,7 @@ def test_top_p_filter_is_hf_top_p():
 
 def test_decoding_a_group_from_one_prompt_forward_equals_decoding_the_repeated_prompts():
     """repeats=G runs each prompt once and repeats its KV cache: the same draws as G copies of the prompt."""
-    from tunelab.generation import decode_dropping_finished, left_padded
+    from tunelab.models.generation import decode_dropping_finished, left_padded
 
     model, tok = lora_model(["q_proj", "v_proj"])
     prompts = ["the cat sat on the mat and", "x y"]

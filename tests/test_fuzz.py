@@ -23,7 +23,15 @@ from tunelab.config import load_config, parse_overrides
 from tunelab.data.read import KINDS, check_dataset
 from tunelab.errors import TunelabError
 from tunelab.label.project import load_project
-from tunelab.schema import DPOConfig, EvalConfig, LadderConfig, PretrainConfig, RLConfig, RMConfig, SFTConfig
+from tunelab.config.schema import (
+    DPOConfig,
+    EvalConfig,
+    LadderConfig,
+    PretrainConfig,
+    RLConfig,
+    RMConfig,
+    SFTConfig,
+)
 
 EXAMPLES = int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from tunelab.config.schema import TrainSection
 from tunelab.losses.lm import lm_loss_sum
-from tunelab.schema import TrainSection
 from tunelab.train.optim import lr_at, param_groups
 
 

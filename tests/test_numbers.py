@@ -12,11 +12,11 @@ from pydantic import ValidationError
 import tunelab.data.prep.config
 import tunelab.label.project
 import tunelab.prompting.strategies
-import tunelab.schema
+import tunelab.config.schema
 import tunelab.tasks.task  # noqa: F401  (imported for their config classes)
 from tunelab.config import SEED_MAX, Section, load_config
 from tunelab.errors import TunelabError
-from tunelab.schema import RLConfig, SFTConfig
+from tunelab.config.schema import RLConfig, SFTConfig
 
 
 def _subclasses(cls):

@@ -221,7 +221,7 @@ def test_prompt_tuned_models_generate_what_a_step_by_step_forward_predicts(tiny_
     import torch
     from peft import PromptTuningConfig, get_peft_model
 
-    from tunelab.generation import complete
+    from tunelab.models.generation import complete
 
     model, tok = tiny_llama
     torch.manual_seed(0)

@@ -95,7 +95,7 @@ def test_killed_anywhere_then_resumed_equals_uninterrupted(
     tmp_path, case, seed, cli, zygote, one_thread, monkeypatch
 ):
     monkeypatch.setattr(  # plots are slow here and tested elsewhere; rm adds its own to the folder
-        "tunelab.train.loop.make_plots", lambda run_dir: (run_dir / "plots").mkdir(exist_ok=True)
+        "tunelab.train.lifecycle.make_plots", lambda run_dir: (run_dir / "plots").mkdir(exist_ok=True)
     )
     stage, data, extra = CASES[case]
     path = write_jsonl(tmp_path / "data.jsonl", data)
@@ -116,9 +116,11 @@ def test_killed_anywhere_then_resumed_equals_uninterrupted(
     plan = kill_plan(f"{case}-{seed}")
     for i, (kind, at) in enumerate(plan):
         log = tmp_path / f"kill-{i}.log"
-        env = {"TUNELAB_FAULT_KILL_AT_STEP": str(at)} if kind == "step" else {}
         status = zygote.run(
-            [*argv, f"out={broken}"], log, env=env, kill_in_save=at if kind == "save" else None
+            [*argv, f"out={broken}"],
+            log,
+            kill_at_step=at if kind == "step" else None,
+            kill_in_save=at if kind == "save" else None,
         )
         assert status == -9, (plan, i, log.read_text()[-3000:])
         assert not (broken / "final").exists()

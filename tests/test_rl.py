@@ -189,7 +189,7 @@ def test_a_failing_reward_function_is_a_clear_error(tmp_path):
 
 def test_dpo_raises_the_held_out_margin(tmp_path):
     from tunelab.config import load_config
-    from tunelab.schema import DPOConfig
+    from tunelab.config.schema import DPOConfig
     from tunelab.stages import dpo
 
     rows = [

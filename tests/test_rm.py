@@ -11,11 +11,10 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
-from tunelab.data.batch import length_groups
+from tunelab.config.schema import RMConfig, SFTConfig
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.reward import last_token_index, rewards
-from tunelab.schema import RMConfig, SFTConfig
 from tunelab.stages import rm, sft
 
 
@@ -59,48 +58,16 @@ def test_group_by_length_reaches_the_reward_model_batches():
         return list(rm.train_batches(pairs, tok, cfg).epoch(0, start))
 
     def padding(batches):
-        return sum(b.input_ids.numel() - int(b.attention_mask.sum()) for b in batches)
+        return sum(b.seqs.input_ids.numel() - b.seqs.n_tokens for b in batches)
 
     plain, grouped = epoch(False), epoch(True)
     assert padding(grouped) < padding(plain) / 3
     assert sorted(float(m) for b in grouped for m in b.margin) == [float(i) for i in range(64)]  # each once
-    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(grouped, epoch(True)))  # seeded
+    assert all(
+        torch.equal(a.seqs.input_ids, b.seqs.input_ids) for a, b in zip(grouped, epoch(True))
+    )  # seeded
     assert [b.margin.tolist() for b in epoch(True, start=5)] == [b.margin.tolist() for b in grouped[5:]]
     assert [b.margin.tolist() for b in grouped] != sorted(b.margin.tolist() for b in grouped)  # shuffled
-
-
-def test_rows_of_similar_length_run_together_with_the_one_forwards_scores_and_gradients(monkeypatch):
-    """rewards() runs a micro-batch as a few forwards of rows of similar length (less padding); the
-    scores and the LoRA and head gradients equal those of one forward over the padded batch."""
-    from tunelab.data.pairs import Pair, collate_pairs
-    from tunelab.models import by_length
-    from tunelab.stages.common import prepare_model
-
-    cfg = load_config(RMConfig, None, ["model=tiny:llama", "adapter=lora", "lora.dropout=0"])
-    model, _ = prepare_model(cfg, head="reward")
-    rng = random.Random(0)
-    pairs = [
-        Pair([rng.randrange(3, 200) for _ in range(rng.choice([3, 5, 30, 33]))], [rng.randrange(3, 200)] * n)
-        for n in (4, 31, 2, 29)
-    ]
-    batch = collate_pairs(pairs, pad_id=0)
-
-    def scores_and_grads():
-        model.zero_grad()
-        scores = rewards(model, batch.input_ids, batch.attention_mask)
-        bradley_terry_loss(*scores.chunk(2)).backward()
-        return scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    calls = []
-    monkeypatch.setattr(by_length, "length_groups", lambda *a: calls.append(a) or length_groups(*a))
-    split, split_grads = scores_and_grads()
-    assert len(calls) == 1 and len(length_groups(batch.attention_mask.sum(1).tolist())) > 1
-    monkeypatch.setattr(by_length, "length_groups", lambda lengths: [list(range(len(lengths)))])
-    whole, whole_grads = scores_and_grads()
-    assert torch.allclose(split, whole, atol=1e-5)
-    assert split_grads.keys() == whole_grads.keys() and any("score" in n for n in split_grads)
-    for name, grad in whole_grads.items():
-        assert torch.allclose(split_grads[name], grad, atol=1e-5), name
 
 
 def sums(n, seed=0):
@@ -156,7 +123,7 @@ def test_reward_model_learns_the_rule_on_held_out_pairs(trained_rm):
 
 
 def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     scorer = RewardScorer(str(trained_rm / "final"))
     items = [
@@ -166,7 +133,7 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
     seven = RewardScorer(str(trained_rm / "final"), batch_size=7).score(items)
     sixteen = scorer.score(items)
     assert one == pytest.approx(seven, abs=1e-5) and one == pytest.approx(sixteen, abs=1e-5)
-    from tunelab.rm import score
+    from tunelab.models.scorer import score
 
     assert score(str(trained_rm / "final"), items[:3]) == pytest.approx(
         one[:3], abs=1e-5
@@ -232,7 +199,7 @@ def test_lora_reward_model_trains_head_and_adapter(tmp_path):
     run = rm.main(cfg)
     adapter_cfg = json.loads((run / "final" / "adapter_config.json").read_text())
     assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in (adapter_cfg.get("modules_to_save") or [])
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     assert len(RewardScorer(str(run / "final")).score([("1+1=", "2")])) == 1
 
@@ -299,7 +266,8 @@ def test_select_ranks_candidates_by_mean_reward(trained_rm, tmp_path):
 
 
 def test_best_of_n_picks_the_highest_reward_and_writes_rejection_sampling_data(trained_rm, tmp_path):
-    from tunelab.rm import RewardScorer, best_of_n, write_rejection_sampling
+    from tunelab.models.scorer import RewardScorer
+    from tunelab.rank import best_of_n, write_rejection_sampling
 
     scorer = RewardScorer(str(trained_rm / "final"))
     results = best_of_n(scorer, "tiny:llama", ["1+2=", "3+1="], n=4, max_new_tokens=3, temperature=1.0)
@@ -373,7 +341,7 @@ def test_sft_stops_on_reward_and_keeps_the_best(trained_rm, tmp_path):
 
 def test_reward_model_drives_rl(trained_rm, tmp_path):
     """The fourth use: a reward model is a reward source of `tunelab rl`."""
-    from tunelab.schema import RLConfig
+    from tunelab.config.schema import RLConfig
     from tunelab.stages import rl
 
     prompts = write_jsonl(
@@ -397,7 +365,7 @@ def test_reward_model_drives_rl(trained_rm, tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["reward"]) for r in rows)
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     again = RewardScorer(str(trained_rm / "final")).score([(samples[0]["prompt"], samples[0]["completion"])])[
         0

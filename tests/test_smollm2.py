@@ -45,7 +45,7 @@ def test_rendering_matches_its_own_chat_template_and_masks_assistant_turns(smoll
 
 
 def test_it_answers_a_question(smollm2):
-    from tunelab.generation import generate
+    from tunelab.models.generation import generate
 
     model, tok = smollm2
     (answer,) = generate(model, tok, ["What is the capital of France?"], max_new_tokens=24)
@@ -65,8 +65,8 @@ def test_lora_sft_moves_its_answers_to_the_targets(smollm2, tmp_path):
     from conftest import write_jsonl
 
     from tunelab.config import load_config
-    from tunelab.generation import generate
-    from tunelab.schema import SFTConfig
+    from tunelab.config.schema import SFTConfig
+    from tunelab.models.generation import generate
     from tunelab.stages import sft
     from tunelab.tasks.extract import exact_match, make_rows
 

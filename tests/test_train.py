@@ -8,7 +8,7 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
-from tunelab.schema import PretrainConfig, SFTConfig
+from tunelab.config.schema import PretrainConfig, SFTConfig
 from tunelab.stages import common, pretrain, sft
 
 PAIRS = [

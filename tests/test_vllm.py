@@ -11,11 +11,11 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
-from tunelab.models.forward import token_logprobs
+from tunelab.config.schema import RLConfig
+from tunelab.models.forward import layout_logprobs
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutSource
 from tunelab.rl.vllm_backend import Sampled, layout, truncated_is_weights
-from tunelab.schema import RLConfig
 
 
 def test_truncated_importance_weights_by_hand():
@@ -63,14 +63,9 @@ def test_vllm_rollout_path_logs_the_mismatch_and_weighs_tokens(tiny_llama, tmp_p
     source.sampler = sampler
     batch = source.make_batch([{"prompt": "hello"}], seed=0)
     assert sampler.calls == 1
-    assert batch.completion_mask.sum(dim=1).tolist() == [
-        3,
-        4,
-    ]  # the EOS is a completion token, padding is not
+    assert torch.bincount(batch.seq).tolist() == [3, 4]  # the EOS is a completion token, padding is not
     with torch.no_grad():
-        trainer_logp, _, _ = token_logprobs(
-            model, batch.input_ids, batch.attention_mask, batch.completion_mask
-        )
+        trainer_logp, _, _ = layout_logprobs(model, batch.seqs)
     assert batch.old_logp.tolist() == pytest.approx(trainer_logp.tolist(), abs=1e-6)  # the trainer's own
     assert batch.stats["vllm_logp_mismatch"] == pytest.approx(
         float((trainer_logp + 1.0).abs().mean()), abs=1e-6

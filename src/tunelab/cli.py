@@ -22,7 +22,7 @@ from tunelab.commands.plan import add_cluster_arguments
 EPILOG = """Model references: smollm2-135m (embedded), tiny:llama | tiny:qwen2 | tiny:gpt2, an HF folder,
 a .gguf file, or a PEFT adapter folder. Each command has --help."""
 
-STAGES = {  # command -> (config class in tunelab.schema, module with main(cfg), help)
+STAGES = {  # command -> (config class in tunelab.config.schema, module with main(cfg), help)
     "pretrain": (
         "PretrainConfig",
         "tunelab.stages.pretrain",
@@ -79,7 +79,7 @@ def stage_command(stage: str):
             raise TunelabError(
                 f"'{bad[0]}' is not a key=value override (only the first argument may be a config file)."
             )
-        schema = importlib.import_module("tunelab.schema")
+        schema = importlib.import_module("tunelab.config.schema")
         cfg = load_config(getattr(schema, STAGES[stage][0]), path, overrides)
         quiet_hf()
         importlib.import_module(STAGES[stage][1]).main(cfg)
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{help_text}. Example config: configs/{stage}.yaml",
             add_help=False,
         )
-        add_keys_help(p, "tunelab.schema", STAGES[stage][0])
+        add_keys_help(p, "tunelab.config.schema", STAGES[stage][0])
         p.add_argument(
             "config",
             nargs="*",
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every method on one task and compare quality against cost: ladder TASK.yaml",
         add_help=False,
     )
-    add_keys_help(ladder, "tunelab.schema", "LadderConfig")
+    add_keys_help(ladder, "tunelab.config.schema", "LadderConfig")
     ladder.add_argument(
         "config",
         nargs="*",
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the ladder on the embedded SmolLM2-135M and the built-in extraction task (~15 min)",
         add_help=False,
     )
-    add_keys_help(quick, "tunelab.schema", "LadderConfig")
+    add_keys_help(quick, "tunelab.config.schema", "LadderConfig")
     quick.add_argument(
         "overrides", nargs="*", metavar="key=value", help="ladder overrides, e.g. eval.limit=20"
     )

@@ -83,9 +83,11 @@ class Zygote:
         kill_in_save: int | None = None,
         slow_steps: float = 0.0,
         cwd: Path | None = None,
+        kill_at_step: int | None = None,
     ) -> Child:
         """Fork `tunelab ARGV` (output to `log`). `kill_in_save=N`: SIGKILL it halfway through writing
-        checkpoint step-N (its weights file written, the rest not). `slow_steps=S`: each optimizer step
+        checkpoint step-N (its weights file written, the rest not). `kill_at_step=N`: SIGKILL it right after
+        optimizer step N. `slow_steps=S`: each optimizer step
         takes S seconds longer (time to send a second Ctrl-C while the first is being handled)."""
         request = {
             "argv": argv,
@@ -94,6 +96,7 @@ class Zygote:
             "kill_in_save": kill_in_save,
             "slow_steps": slow_steps,
             "cwd": str(cwd) if cwd else None,
+            "kill_at_step": kill_at_step,
         }
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
@@ -156,6 +159,10 @@ def _child(request: dict) -> None:
             _die_while_saving(request["kill_in_save"])
         if request["slow_steps"]:
             _slow_steps(request["slow_steps"])
+        if request.get("kill_at_step"):
+            from helpers.killed_run import kill_after
+
+            kill_after(request["kill_at_step"])
         from tunelab.cli import main
 
         code = main(request["argv"])

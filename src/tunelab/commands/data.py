@@ -34,9 +34,10 @@ def cmd_data_prep(args: argparse.Namespace) -> int:
         if overrides or args.config:
             raise TunelabError("data tokenize takes no settings besides --model and --workers.")
         from tunelab.data.prep.tokenize import run_tokenize
+        from tunelab.models.load import load_tokenizer
 
         quiet_hf()
-        report = run_tokenize(inputs, out, args.model, **common)
+        report = run_tokenize(inputs, out, load_tokenizer(args.model), model=args.model, **common)
     else:
         from tunelab.data.prep import config as prep_config
 

@@ -29,8 +29,8 @@ def ladder_config(task: str | None, overrides: list[str], defaults: list[str] | 
     import yaml
 
     from tunelab.config import load_config
+    from tunelab.config.schema import LadderConfig
     from tunelab.errors import TunelabError
-    from tunelab.schema import LadderConfig
 
     bad = [o for o in overrides if "=" not in o]
     if bad:

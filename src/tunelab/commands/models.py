@@ -11,7 +11,7 @@ from tunelab.commands import quiet_hf
 
 def _render_options(args: argparse.Namespace, source: str):
     """What the model trained with (tunelab.json in a run's final/), overridden by flags given."""
-    from tunelab.rm import render_options_for
+    from tunelab.models.scorer import render_options_for
 
     opts = render_options_for(source)
     if args.separator is not None:
@@ -22,7 +22,7 @@ def _render_options(args: argparse.Namespace, source: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tunelab.generation import generate
+    from tunelab.models.generation import generate
     from tunelab.models.load import load_model
 
     quiet_hf()
@@ -57,7 +57,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from tunelab.data.read import check_dataset
     from tunelab.errors import DataError
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     rows, problems = check_dataset(args.file, "preference")
     if problems:  # not preference pairs: prompt + completion / answer rows
@@ -95,7 +95,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tunelab.rm import RewardScorer, select
+    from tunelab.models.scorer import RewardScorer
+    from tunelab.rank import select
 
     prompts = _read_prompts(args.prompts, args.limit)
     quiet_hf()
@@ -122,7 +123,8 @@ def cmd_best_of_n(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tunelab.rm import RewardScorer, best_of_n, write_rejection_sampling
+    from tunelab.models.scorer import RewardScorer
+    from tunelab.rank import best_of_n, write_rejection_sampling
 
     prompts = _read_prompts(args.prompts, args.limit)
     quiet_hf()

@@ -123,29 +123,3 @@ def real_columns(attention_mask: Tensor) -> slice:
     """(B, T) 0/1 mask -> the columns from the first to the last that holds a real token in some row."""
     cols = attention_mask.bool().any(dim=0).nonzero().flatten()
     return slice(int(cols[0]), int(cols[-1]) + 1) if len(cols) else slice(0, 0)
-
-
-def length_groups(lengths: list[int], per_forward: int = 64) -> list[list[int]]:
-    """Indices of rows (or of units that stay together) grouped so that running each group as its own
-    forward, padded to its longest, costs the least: sum over groups of rows x longest + `per_forward`.
-
-    A padded position costs as much as a real one, so 16 answers of 60-300 tokens padded to 300 waste
-    ~30%; cut into a few groups of similar length they waste ~5%. `per_forward` (in positions) stands for
-    what another forward costs besides its positions (launching ~30 layers' kernels, smaller matrices).
-    Exact dynamic programming over the lengths in sorted order (n^2 for n rows; n is a micro-batch).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    n = len(order)
-    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
-    cut = [0] * (n + 1)  # cut[j]: where the last group of the first j rows begins
-    for j in range(1, n + 1):
-        longest = lengths[order[j - 1]]
-        for i in range(j):
-            cost = best[i] + (j - i) * longest + per_forward
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]

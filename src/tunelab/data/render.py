@@ -130,6 +130,22 @@ def render_text(tok, text: str) -> Tokenized:
     return Tokenized(ids, list(ids), text, [(0, len(text))])
 
 
+def render_answer(tok, prompt, answer, opts: RenderOptions) -> Tokenized:
+    """A prompt and one answer, rendered exactly as SFT renders a row (chat template, or prompt + SEP +
+    answer + EOS), the answer's tokens trained: what the reward model scores and DPO compares. Either may
+    be a list of chat turns; without a prompt the answer is plain text."""
+    if isinstance(answer, list):  # a chat continuation, or a whole chat
+        head = (
+            prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+        )
+        return render_chat(tok, head + answer)
+    if isinstance(prompt, list):
+        return render_chat(tok, prompt + [{"role": "assistant", "content": answer}])
+    if not prompt:
+        return render_text(tok, answer)
+    return render_pair(tok, prompt, answer, opts)
+
+
 def render_row(tok, row: dict, opts: RenderOptions) -> Tokenized:
     """Any normalised row of kind text, pairs or chat."""
     if "messages" in row:

@@ -23,8 +23,8 @@ import torch
 from tunelab.data.batch import LMBatch, collate, pack
 from tunelab.data.read import RowError, normalise, records
 from tunelab.data.render import Tokenized, render_text
+from tunelab.data.shard import share
 from tunelab.errors import DataError, Problem, TunelabError
-from tunelab.train.dist import share
 
 
 class Shuffled:

@@ -24,8 +24,8 @@ import torch
 
 from tunelab.data.batch import LMBatch
 from tunelab.data.prep.tokenize import read_meta
+from tunelab.data.shard import share
 from tunelab.errors import TunelabError
-from tunelab.train.dist import share
 
 
 class TokenBlocks:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from tunelab.config import dump_config
+from tunelab.config.schema import EvalConfig
 from tunelab.errors import TunelabError
 from tunelab.eval.harness import StrategyResult, evaluate
-from tunelab.schema import EvalConfig
 
 
 def _interval(metric: tuple[float, float, float]) -> str:
@@ -117,8 +117,8 @@ def main(cfg: EvalConfig) -> Path:
 
     from tunelab.console import progress_bar, table_console
     from tunelab.models.load import load_model
+    from tunelab.models.scorer import render_options_for
     from tunelab.prompting.lm import ChatModel
-    from tunelab.rm import render_options_for
     from tunelab.tasks.task import load_task
 
     console = Console(stderr=True, markup=False, highlight=False)  # model, task and paths are the user's
@@ -126,7 +126,11 @@ def main(cfg: EvalConfig) -> Path:
     rows = (task.eval if cfg.eval.split == "eval" else task.train)[: cfg.eval.limit]
     if not rows:
         raise TunelabError(f"Task {task.name} has no {cfg.eval.split} rows to evaluate.")
+    from tunelab.config.variants import pick
+    from tunelab.prompting.strategies import STRATEGIES
+
     for name in cfg.strategies:  # fail before loading a model: a strategy that cannot run on this task
+        pick(STRATEGIES, name, "strategy")
         if name == "rules":
             from tunelab.prompting.strategies import rule_list
 

@@ -22,12 +22,12 @@ import warnings
 from pathlib import Path
 
 from tunelab.config import dump_config
+from tunelab.config.schema import LadderConfig
 from tunelab.errors import TunelabError
 from tunelab.ladder.curves import learning_curves
 from tunelab.ladder.report import print_table, write_report
 from tunelab.ladder.rungs import RUNGS, baseline, plan_line, split_validation, train_rung
 from tunelab.ladder.state import Ladder, RungResult
-from tunelab.schema import LadderConfig
 
 
 def _progress(console):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.schema import LadderConfig
+from tunelab.config.schema import LadderConfig
 
 
 @dataclass

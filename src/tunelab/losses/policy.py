@@ -32,9 +32,6 @@ def batch_mean_advantage(rewards: Tensor, group: int, eps: float = 0.0) -> Tenso
     return rewards - rewards.mean()
 
 
-ADVANTAGES = {"grpo": grpo_advantage, "rloo": rloo_advantage, "reinforce": batch_mean_advantage}
-
-
 def zero_variance_share(rewards: Tensor, group: int) -> float:
     """Share of groups whose samples all got the same reward (they teach GRPO/RLOO nothing)."""
     r = rewards.view(-1, group)

@@ -5,11 +5,11 @@ model for KL and DPO at no memory cost."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.schema import StageConfig
 
 # Attention projections per architecture: the classic LoRA placement. "all-linear" adapts every linear layer.
 ATTENTION_TARGETS = {
@@ -56,37 +56,70 @@ def set_dropout(model, p: float) -> None:
             setattr(model.config, key, p)
 
 
-def attach_adapter(model, tok, cfg: StageConfig):
-    """The model ready to train: a PeftModel for adapters, the model itself (all trainable) for `none`."""
-    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What to attach, in plain values (stages build it from their config: `stages/common.adapter_spec`)."""
 
-    if cfg.model.dropout is not None:
-        set_dropout(model, cfg.model.dropout)
-    if cfg.adapter == "none":
+    kind: str = "none"  # none | lora | dora | prompt | prefix
+    r: int = 16  # LoRA rank
+    alpha: float = 32  # LoRA scale numerator
+    dropout: float = 0.05  # LoRA dropout
+    targets: list[str] | str = "auto"  # module names, "all-linear", or "auto" (attention projections)
+    prompt_tokens: int = 20  # virtual tokens of prompt / prefix tuning
+    prompt_init_text: str | None = None  # start prompt tuning at these words' embeddings
+    model_dropout: float | None = None  # every dropout of the model to this (None: as loaded)
+    packed: bool = False  # the data is packed (prompt / prefix tuning cannot train on it)
+
+
+def _lora(spec: AdapterSpec, model, reward: bool):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=lora_targets(model, spec.targets),
+        use_dora=spec.kind == "dora",
+    )
+
+
+def _prompt(spec: AdapterSpec, model, reward: bool):
+    from peft import PromptTuningConfig, TaskType
+
+    return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
+
+
+def _prefix(spec: AdapterSpec, model, reward: bool):
+    from peft import PrefixTuningConfig, TaskType
+
+    return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=spec.prompt_tokens)
+
+
+# adapter name -> its PEFT config (None: full fine-tuning); the names `adapter=` accepts
+ADAPTERS = {"none": None, "lora": _lora, "dora": _lora, "prompt": _prompt, "prefix": _prefix}
+PROMPT_LEARNING = ("prompt", "prefix")  # virtual tokens: no packing, no reward head
+
+
+def attach_adapter(model, tok, spec: AdapterSpec):
+    """The model ready to train: a PeftModel for adapters, the model itself (all trainable) for `none`."""
+    from peft import get_peft_model
+
+    build = ADAPTERS[spec.kind]
+    if spec.model_dropout is not None:
+        set_dropout(model, spec.model_dropout)
+    if build is None:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if cfg.adapter in ("prompt", "prefix") and cfg.data.pack:
-        raise TunelabError(f"adapter={cfg.adapter} cannot train on packed sequences: set data.pack=false.")
+    if spec.kind in PROMPT_LEARNING and spec.packed:
+        raise TunelabError(f"adapter={spec.kind} cannot train on packed sequences: set data.pack=false.")
     reward = hasattr(model, "score")  # a reward model: peft keeps its scalar head trainable (modules_to_save)
-    if reward and cfg.adapter not in ("lora", "dora"):
-        raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {cfg.adapter}.")
-    if cfg.adapter in ("lora", "dora"):
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM,
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=lora_targets(model, cfg.lora.targets),
-            use_dora=cfg.adapter == "dora",
-        )
-    elif cfg.adapter == "prompt":
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
-    else:
-        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.prompt.tokens)
-    peft_model = get_peft_model(model, config)
-    if cfg.adapter == "prompt" and cfg.prompt.init_text:
-        _init_prompt_from_text(peft_model, tok, cfg.prompt.init_text, cfg.prompt.tokens)
+    if reward and spec.kind in PROMPT_LEARNING:
+        raise TunelabError(f"A reward model trains with adapter=none, lora or dora, not {spec.kind}.")
+    peft_model = get_peft_model(model, build(spec, model, reward))
+    if spec.kind == "prompt" and spec.prompt_init_text:
+        _init_prompt_from_text(peft_model, tok, spec.prompt_init_text, spec.prompt_tokens)
     return peft_model
 
 
@@ -105,17 +138,16 @@ def _init_prompt_from_text(peft_model, tok, text: str, n: int) -> None:
 def lora_merged(model):
     """LoRA folded into the base weights for forward-only work (sampling), the exact base weights back after.
 
-    Unmerged, every adapted linear layer costs three matmuls and a handful of small ops per forward; in
-    token-by-token decoding at small batch, where each step is bound by reading the weights and by per-op
-    overhead, that was 30-40% of the step (SmolLM2-135M + LoRA q/k/v/o, batch 16: 193 ms a step, 139 ms
-    merged). peft's `unmerge` subtracts the update again, which leaves the frozen weights a rounding error
-    off after every step; here the base weights are saved and copied back instead, bit for bit.
+    Unmerged, every adapted linear layer costs three matmuls and a handful of small ops per forward, a large
+    share of a token-by-token decoding step (docs/decisions.md, "LoRA merged while decoding"). Invariant:
+    the base weights afterwards are bit for bit those before (peft's `unmerge` subtracts the update again,
+    which leaves them a rounding error off after every step; here they are saved and copied back).
     Vanilla LoRA on linear layers only; DoRA, LoRA biases, disabled adapters and sharded weights stay as
     they are (the context does nothing for them).
     """
     from peft.tuners.lora import Linear as LoraLinear
 
-    from tunelab.models.forward import inner
+    from tunelab.models.capability import inner
 
     layers = [
         m

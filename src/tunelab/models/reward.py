@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tunelab.data.batch import real_columns
+from tunelab.data.layout import Layout
 from tunelab.errors import TunelabError
-from tunelab.models.by_length import by_length
-from tunelab.models.forward import inner
+from tunelab.models.capability import inner
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -35,29 +34,28 @@ def _seq_cls_model(model):
     return inner
 
 
+def layout_rewards(model, batch: Layout) -> Tensor:
+    """(S,) the reward of each continuation of a laid-out batch (data/layout.py), read at its last token.
+
+    Invariant: packed and padded layouts of the same segments give the same rewards within 1e-5."""
+    head = _seq_cls_model(inner(model))
+    hidden = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        output_hidden_states=True,
+    ).hidden_states[-1]  # (R, T, H) after the final norm
+    pooled = hidden.reshape(-1, hidden.shape[-1])[batch.last]  # (S, H)
+    return head.score(pooled).squeeze(-1).float()  # (S,)
+
+
 def rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, T) ids and 0/1 mask -> (B,) scalar rewards.
-
-    Rows of similar length run together, each group padded only to its own longest (models/by_length.py).
-    """
-    last_token_index(attention_mask)  # every row has a token to score
-
-    def run(rows: list[int] | None) -> Tensor:
-        if rows is None:
-            return _rewards(model, input_ids, attention_mask)
-        mask = attention_mask[rows]
-        cols = real_columns(mask)
-        return _rewards(model, input_ids[rows, cols], mask[:, cols])
-
-    return by_length(model, attention_mask.sum(dim=1).tolist(), run)
-
-
-def _rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """One forward: (B, T) ids and mask -> (B,) rewards.
+    """(B, T) ids and 0/1 mask (left or right padding) -> (B,) scalar rewards, in one forward.
 
     The forward goes through `model` itself (under DDP that is what syncs the gradients); its own
     pooled logits are ignored, the score is read from the final hidden state at the last real token.
     """
+    last = last_token_index(attention_mask)  # (B,) every row has a token to score
     head = _seq_cls_model(inner(model))
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(
         min=0
@@ -68,6 +66,5 @@ def _rewards(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         position_ids=position_ids,
         output_hidden_states=True,
     ).hidden_states[-1]  # (B, T, H) after the final norm
-    last = last_token_index(attention_mask)  # (B,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
     return head.score(pooled).squeeze(-1).float()  # (B,)

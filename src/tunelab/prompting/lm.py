@@ -114,7 +114,7 @@ class ChatModel:
         temperature: float = 0.0,
         seed: int = 0,
     ) -> list[Reply]:
-        from tunelab.generation import complete
+        from tunelab.models.generation import complete
 
         texts = [self.render(c) for c in conversations]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together

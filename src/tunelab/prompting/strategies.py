@@ -22,11 +22,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
 
-from pydantic import Field
-
-from tunelab.config import Section
+from tunelab.config.schema import PromptingOptions
 from tunelab.errors import TunelabError
 from tunelab.prompting.fewshot import choose_shots, fit_shots
 from tunelab.prompting.lm import LM, Conversation, Reply, assistant, user
@@ -34,51 +31,6 @@ from tunelab.tasks.metrics import after_marker
 from tunelab.tasks.task import Task
 
 NO_ERRORS = re.compile(r"(?i)\bno (?:errors?|mistakes?|issues?)\b")
-
-
-class PromptingOptions(Section):
-    max_new_tokens: int | None = Field(
-        None, ge=1, le=65_536, description="longest direct answer; default: the task's"
-    )
-    rules_as: Literal["system", "user"] = Field(
-        "system", description="rules as a system message, or as a preamble of the user turn"
-    )
-    cot_instruction: str = Field(
-        "Think step by step. Then write the final answer on the last line, starting with 'Answer:'.",
-        description="what the cot and self_consistency strategies append to the prompt",
-    )
-    cot_max_new_tokens: int = Field(256, ge=1, le=65_536, description="longest chain of thought")
-    reflection_rounds: int = Field(2, ge=1, le=1_000_000_000, description="most critique + revision rounds")
-    critique: str = Field(
-        "Check your answer above against the request. If it is fully correct, reply with exactly: "
-        "NO ERRORS. Otherwise list each error in one short line.",
-        description="the reflection strategy's critique request",
-    )
-    revise: str = Field(
-        "Now write the corrected answer only, fixing those errors, in the requested format.",
-        description="the reflection strategy's revision request",
-    )
-    shots: int = Field(
-        4, ge=0, le=1_000_000_000, description="few-shot examples wanted (fewer when they do not fit)"
-    )
-    shot_selection: Literal["fixed", "random", "similar"] = Field(
-        "random", description="which examples: the pool's first k, random, or most similar to the question"
-    )
-    max_context: int | None = Field(
-        None,
-        ge=8,
-        le=1_048_576,
-        description="token budget of prompt + answer; default: the model's context length",
-    )
-    samples: int = Field(
-        5, ge=1, le=1_000_000_000, description="answers sampled by self_consistency and best_of_n"
-    )
-    temperature: float = Field(
-        0.7, gt=0, le=100, description="sampling temperature of self_consistency and best_of_n"
-    )
-    rm: str | None = Field(
-        None, description="reward model that picks the best_of_n answer (a `tunelab rm` run)"
-    )
 
 
 @dataclass
@@ -259,7 +211,7 @@ def self_consistency(
 
 @lru_cache(maxsize=2)
 def _reward_scorer(path: str):
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     return RewardScorer(path)
 
@@ -270,6 +222,8 @@ def best_of_n(lm: LM, task: Task, rows: list[dict], opts: PromptingOptions, seed
         raise TunelabError(
             "best_of_n needs a reward model: set prompting.rm=PATH (the final/ folder of a `tunelab rm` run)."
         )
+    from tunelab.rank import best_first
+
     scorer = _reward_scorer(opts.rm)
     groups = _sampled(
         lm,
@@ -285,7 +239,7 @@ def best_of_n(lm: LM, task: Task, rows: list[dict], opts: PromptingOptions, seed
         for reply in group:
             outcome.add("sample", reply)
         rewards = scorer.score([(task.prompt(row), reply.text) for reply in group])
-        best = max(range(len(group)), key=lambda i: rewards[i])
+        best = best_first(rewards)[0]
         outcome.output, outcome.answer = group[best].text, task.answer(group[best].text)
         outcome.trace.append({"step": "rewards", "text": rewards})
         outcomes.append(outcome)

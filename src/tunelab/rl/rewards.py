@@ -60,7 +60,7 @@ def length_penalty(example: dict, completion: str, target: int = 200) -> float:
 
 
 def _rm_reward(path: str) -> RewardFn:
-    from tunelab.rm import RewardScorer
+    from tunelab.models.scorer import RewardScorer
 
     scorer = RewardScorer(path)
 

@@ -25,20 +25,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.data.layout import Layout, Segment, lay_out
 from tunelab.data.render import RenderOptions, prompt_text
-from tunelab.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.losses import policy as P
 from tunelab.models.adapters import lora_merged
-from tunelab.models.forward import token_logprobs
+from tunelab.models.capability import takes_4d_mask
+from tunelab.models.forward import layout_logprobs, logprobs_of
+from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
+from tunelab.rl.algos import ALGOS
 from tunelab.train.dist import SINGLE
 
 
 @dataclass
 class RolloutBatch:
-    input_ids: Tensor  # (N, T) left-padded prompt, then the completion, then padding
-    attention_mask: Tensor  # (N, T) 1 on prompt and completion tokens
-    completion_mask: Tensor  # (N, T) bool: completion tokens, EOS included
-    seq: Tensor  # (K,) sequence index of each completion token (row-major)
+    seqs: Layout  # each prompt with its G completions (data/layout.py); targets: the completion tokens
+    seq: Tensor  # (K,) completion of each completion token (= seqs.target_seq), completion by completion
     old_logp: Tensor  # (K,) log-probs at sampling time, recomputed by the trainer's forward
     ref_logp: Tensor | None  # (K,) reference model (adapter off / frozen copy)
     adv: Tensor  # (K,) advantage of each token
@@ -52,6 +53,29 @@ class RolloutBatch:
     def n_targets(self) -> int:
         """The loop averages the policy loss over completion tokens."""
         return int(self.seq.shape[0])
+
+
+@dataclass
+class Sampled:
+    """What sampling gave: the rows and their layout, and the sampler's own log-probs."""
+
+    sequences: Tensor  # (N, P + C) left-padded prompt, then the completion, then padding
+    attention_mask: Tensor  # (N, P + C) 1 on prompt and completion tokens
+    completion_mask: Tensor  # (N, P + C) bool: completion tokens, EOS included
+    prompt_len: int  # P: the column where every completion starts
+    gen_out: object  # HF: ((N, C) log-prob, (N, C) entropy); vLLM: its (N, C) log-probs
+    lengths: list[int]  # completion tokens of each row
+    stopped: list[bool]  # whether each completion ended with an EOS
+    completions: list[str]  # decoded, cut at a stop string
+    time_s: float
+
+
+@dataclass
+class Scored:
+    examples: list[dict]  # (N,) each prompt's example repeated G times
+    parts: dict[str, list[float]]  # each reward part's values (N,)
+    rewards: Tensor  # (N,) total reward per completion
+    time_s: float
 
 
 def first_stop(row: list[int], eos_ids: set[int]) -> int | None:
@@ -222,11 +246,8 @@ class RolloutSource:
                     synced_gpus=synced,
                 )
                 sequences = out.sequences
-                logp_all = torch.log_softmax(torch.stack(out.logits, dim=1).float() / temperature, dim=-1)
                 new = sequences[:, enc["input_ids"].shape[1] :]  # (N, C)
-                logp = logp_all.gather(2, new[..., None]).squeeze(2)  # (N, C)
-                entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (N, C)
-                del logp_all
+                logp, entropy = logprobs_of(torch.stack(out.logits, dim=1), new, temperature, entropy=True)
         # the batch is assembled on the CPU; the loop moves it to the training device
         return sequences.cpu(), enc["attention_mask"].cpu(), (logp.cpu(), entropy.cpu())
 
@@ -241,101 +262,137 @@ class RolloutSource:
 
     @torch.no_grad()
     def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
-        cfg, tok, G = self.cfg, self.tok, self.cfg.rl.group
-        t0 = time.perf_counter()
+        """One step's rollout: sample G completions per prompt, score them, lay them out for the loss."""
         self.policy.eval()
+        sampled = self.sample(examples, seed)
+        scored = self.score(examples, sampled.completions)
+        batch = self.to_batch(sampled, scored)
+        self.policy.train()
+        self.watch(batch.stats)
+        self.write_samples(scored.examples, sampled.completions, batch.rewards.tolist())
+        return batch
+
+    def sample(self, examples: list[dict], seed: int) -> Sampled:
+        """G completions of each prompt (rows of a prompt consecutive), cut at their first EOS."""
+        t0 = time.perf_counter()
         if self.sampler is None:
             sequences, prompt_mask, gen_out = self.generate_hf(examples, seed)
         else:
             sequences, prompt_mask, gen_out = self.generate_vllm(examples, seed)
         prompt_len = prompt_mask.shape[1]
         attention_mask, completion_mask, lengths, stopped = completion_layout(
-            sequences, prompt_len, prompt_mask, self.eos_ids, tok.pad_token_id
+            sequences, prompt_len, prompt_mask, self.eos_ids, self.tok.pad_token_id
         )
         completions = [
-            tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
+            self.tok.decode(sequences[i, prompt_len : prompt_len + n], skip_special_tokens=True)
             for i, n in enumerate(lengths)
         ]
-        for stop in cfg.rollout.stop:  # the text ends where a stop string begins
+        for stop in self.cfg.rollout.stop:  # the text ends where a stop string begins
             completions = [c.split(stop)[0] for c in completions]
-        t_gen = time.perf_counter() - t0
+        return Sampled(
+            sequences,
+            attention_mask,
+            completion_mask,
+            prompt_len,
+            gen_out,
+            lengths,
+            stopped,
+            completions,
+            time.perf_counter() - t0,
+        )
 
-        t1 = time.perf_counter()
-        repeated = [e for e in examples for _ in range(G)]
+    def score(self, examples: list[dict], completions: list[str]) -> Scored:
+        """The reward of every completion (each example repeated G times, as the completions are)."""
+        t0 = time.perf_counter()
+        repeated = [e for e in examples for _ in range(self.cfg.rl.group)]
         parts = self.reward.parts(repeated, completions)
         rewards = torch.tensor(self.reward.total(parts), dtype=torch.float32)  # (N,)
-        t_score = time.perf_counter() - t1
+        return Scored(repeated, parts, rewards, time.perf_counter() - t0)
 
-        seq = torch.arange(sequences.shape[0])[:, None].expand_as(completion_mask)[completion_mask]  # (K,)
-        generated = completion_mask[:, prompt_len:]  # (N, C)
-        device = self.policy.device
-        on_device = [t.to(device) for t in (sequences, attention_mask, completion_mask)]  # for forwards
+    def to_batch(self, sampled: Sampled, scored: Scored) -> RolloutBatch:
+        """Old, reference (and PPO's value) log-probs, advantages and the step's statistics."""
+        cfg = self.cfg
+        seqs = self.lay_out(sampled)
+        seq = seqs.target_seq  # (K,)
+        generated = sampled.completion_mask[:, sampled.prompt_len :]  # (N, C)
+        on_device = seqs.to(self.policy.device)
         is_weight, sampler_stats = None, {}
         if self.sampler is None:
             # the sampling distribution's log-probs come with sampling (raw logits / temperature); the
             # trainer recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
-            gen_logp, gen_entropy = gen_out  # (N, C) each
+            gen_logp, gen_entropy = sampled.gen_out  # (N, C) each
             old_logp, entropy = gen_logp[generated], gen_entropy[generated]  # (K,)
         else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
-            logp, ent, _ = token_logprobs(self.policy, *on_device, cfg.rollout.temperature)
+            logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
             old_logp, entropy = logp.cpu(), ent.cpu()
-            sampler_logp = gen_out[generated]  # (K,)
+            sampler_logp = sampled.gen_out[generated]  # (K,)
             sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
             if cfg.rollout.tis_cap:
                 is_weight = truncated_is_weights(old_logp, sampler_logp, cfg.rollout.tis_cap)
                 sampler_stats["tis_weight"] = float(is_weight.mean())
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
-            old_values = token_logprobs(self.policy, *on_device, cfg.rollout.temperature, self.value_head)[
-                2
-            ].cpu()
-        ref_logp = None
-        if self.ref is not None:
-            ref_logp = self.ref(*on_device).cpu()
+            old_values = layout_logprobs(self.policy, on_device, cfg.rollout.temperature, self.value_head)[2]
+            old_values = old_values.cpu()
+        ref_logp = self.ref(on_device).cpu() if self.ref is not None else None
         kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
-        adv, returns = self.advantages(rewards, seq, kl_tok, old_values)
-        self.policy.train()
-
-        everyone = torch.tensor(self.dist.gather(rewards.tolist()))  # (N x ranks,) groups stay whole
-        stats = {
-            "reward": float(everyone.mean()),
-            "reward_std": float(everyone.std()) if len(everyone) > 1 else 0.0,
-            "scored": float(len(everyone)),
-            **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
-            "kl": float(P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean())
-            if ref_logp is not None
-            else 0.0,
-            "entropy": float(entropy.mean()),
-            "completion_len": sum(lengths) / len(lengths),
-            "stopped_share": sum(stopped) / len(stopped),
-            "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
-            "time_generate_s": t_gen,
-            "time_score_s": t_score,
-            **sampler_stats,
-        }
-        self.watch(stats)
-        self.write_samples(repeated, completions, rewards.tolist())
+        adv, returns = self.advantages(scored.rewards, seq, kl_tok, old_values)
+        stats = self.step_stats(sampled, scored, old_logp, ref_logp, entropy)
+        stats.update(sampler_stats)
         return RolloutBatch(
-            sequences,
-            attention_mask,
-            completion_mask,
+            seqs,
             seq,
             old_logp,
             ref_logp,
             adv,
             returns,
             old_values,
-            rewards,
+            scored.rewards,
             stats,
             is_weight,
         )
 
+    def lay_out(self, sampled: Sampled) -> Layout:
+        """Each prompt (without its left padding) and its G completions (to their EOS) as one segment,
+        packed when the policy takes a 4-D mask (every prompt then runs once for its group), else padded."""
+        G, P = self.cfg.rl.group, sampled.prompt_len
+        ids, prompt_mask = sampled.sequences, sampled.attention_mask[:, :P].bool()
+        segments = [
+            Segment(
+                ids[g, :P][prompt_mask[g]].tolist(),
+                [ids[i, P : P + sampled.lengths[i]].tolist() for i in range(g, g + G)],
+            )
+            for g in range(0, ids.shape[0], G)
+        ]
+        packed = takes_4d_mask(self.policy)
+        return lay_out(segments, self.tok.pad_token_id, packed=packed, max_len=self.cfg.train.max_len)
+
+    def step_stats(self, sampled: Sampled, scored: Scored, old_logp, ref_logp, entropy) -> dict:
+        """The step's statistics: rewards over every rank, KL, entropy, lengths, timings."""
+        cfg, G, parts = self.cfg, self.cfg.rl.group, scored.parts
+        everyone = torch.tensor(self.dist.gather(scored.rewards.tolist()))  # (N x ranks,) groups stay whole
+        kl = P.KL_ESTIMATORS[cfg.kl.estimator](old_logp, ref_logp).mean() if ref_logp is not None else 0.0
+        return {
+            "reward": float(everyone.mean()),
+            "reward_std": float(everyone.std()) if len(everyone) > 1 else 0.0,
+            "scored": float(len(everyone)),
+            **{f"reward_{name}": sum(v) / len(v) for name, v in parts.items() if len(parts) > 1},
+            "kl": float(kl),
+            "entropy": float(entropy.mean()),
+            "completion_len": sum(sampled.lengths) / len(sampled.lengths),
+            "stopped_share": sum(sampled.stopped) / len(sampled.stopped),
+            "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
+            "time_generate_s": sampled.time_s,
+            "time_score_s": scored.time_s,
+        }
+
     def advantages(self, rewards: Tensor, seq: Tensor, kl_tok: Tensor, values: Tensor | None):
         cfg = self.cfg
+        algo = ALGOS[cfg.algo]
         penalty = cfg.kl.beta * kl_tok if cfg.kl.mode == "reward" else torch.zeros_like(kl_tok)
-        if cfg.algo == "ppo":  # per-token rewards: -beta * KL on every token, the task reward on the last one
+        if algo.critic:  # per-token rewards: -beta * KL on every token, the task reward on the last one
             tok_rewards = token_rewards(rewards, seq) - penalty
             adv, returns = P.gae(tok_rewards, values, seq, cfg.rl.gamma, cfg.rl.lam)
             adv = (adv - adv.mean()) / (adv.std() + 1e-8) if adv.numel() > 1 else adv
@@ -343,7 +400,7 @@ class RolloutSource:
         seq_rewards = rewards.clone()
         if cfg.kl.mode == "reward":  # the summed KL of each completion comes off its reward
             seq_rewards -= torch.zeros_like(rewards).index_add(0, seq, penalty)
-        adv_seq = P.ADVANTAGES[cfg.algo](seq_rewards, cfg.rl.group)  # (N,)
+        adv_seq = algo.advantage(seq_rewards, cfg.rl.group)  # (N,)
         return adv_seq[seq], None
 
     def watch(self, stats: dict) -> None:

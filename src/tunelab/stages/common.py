@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tunelab.config.schema import StageConfig
 from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
-from tunelab.schema import StageConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -23,13 +23,33 @@ def prepare_model(cfg: StageConfig, head: str = "lm"):
     from tunelab.models.adapters import attach_adapter
     from tunelab.models.load import load_model
 
+    spec = adapter_spec(cfg)  # a bad adapter name fails before the model loads
     seed_everything(cfg.seed)
     from tunelab.train import sharded_load
 
     if sharded_load.applies(cfg, head):  # FSDP: each rank reads only its shards (no full copy anywhere)
         return sharded_load.load_sharded(cfg)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
-    return attach_adapter(model, tok, cfg), tok
+    return attach_adapter(model, tok, spec), tok
+
+
+def adapter_spec(cfg: StageConfig):
+    """The config's adapter keys as the plain `AdapterSpec` that models/ takes."""
+    from tunelab.config.variants import pick
+    from tunelab.models.adapters import ADAPTERS, AdapterSpec
+
+    pick(ADAPTERS, cfg.adapter, "adapter")
+    return AdapterSpec(
+        kind=cfg.adapter,
+        r=cfg.lora.r,
+        alpha=cfg.lora.alpha,
+        dropout=cfg.lora.dropout,
+        targets=cfg.lora.targets,
+        prompt_tokens=cfg.prompt.tokens,
+        prompt_init_text=cfg.prompt.init_text,
+        model_dropout=cfg.model.dropout,
+        packed=bool(getattr(cfg.data, "pack", False)),
+    )
 
 
 def render_options(cfg: StageConfig) -> RenderOptions:

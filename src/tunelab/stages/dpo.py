@@ -16,117 +16,59 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tunelab.data.batch import LMBatch
+from tunelab.config.schema import DPOConfig
+from tunelab.config.variants import pick
+from tunelab.data.layout import Layout, lay_out, pair_segment
+from tunelab.data.pairs import pair_batches
 from tunelab.data.read import read_dataset
-from tunelab.data.render import IGNORE, Tokenized, render_chat, render_pair
-from tunelab.data.sources import Shuffled
+from tunelab.data.render import Tokenized, render_answer
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
-from tunelab.models.by_length import by_length
-from tunelab.models.forward import inner, sequence_logprobs
-from tunelab.schema import DPOConfig
+from tunelab.models.capability import inner, takes_4d_mask
+from tunelab.models.forward import sequence_logprobs
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.loop import train
 
 
 @dataclass
 class DPOBatch:
-    seqs: LMBatch  # (2B, T): rows 2i, 2i+1 are pair i's chosen and rejected; labels only on the answers
+    seqs: Layout  # continuation 2i is pair i's chosen answer, 2i + 1 its rejected; targets: the answers
 
     @property
     def n_targets(self) -> int:
-        return self.seqs.input_ids.shape[0] // 2
-
-    def pair_lengths(self) -> list[int]:
-        """(B,) real tokens of each pair's longer row."""
-        return self.seqs.attention_mask.sum(dim=1).view(-1, 2).amax(dim=1).tolist()
+        return self.seqs.n_seqs // 2
 
 
-def shared_head(chosen: Tokenized, rejected: Tokenized) -> int:
-    """How many leading tokens the two rows share before either is trained on: the prompt."""
-    n = 0
-    for c, r, lc, lr in zip(chosen.input_ids, rejected.input_ids, chosen.labels, rejected.labels):
-        if c != r or lc != IGNORE or lr != IGNORE:
-            break
-        n += 1
-    return n
+def collate_dpo(
+    pairs: list[tuple[Tokenized, Tokenized]], pad_id: int, packed: bool = False, max_len: int | None = None
+) -> DPOBatch:
+    """Each pair one segment (data/layout.py `pair_segment`): its prompt once, then the chosen and the
+    rejected answer; packed (rows of at most max_len) or padded, as the stage decided."""
+    segments = [pair_segment(c.input_ids, r.input_ids, c.labels, r.labels) for c, r in pairs]
+    return DPOBatch(lay_out(segments, pad_id, packed=packed, max_len=max_len))
 
 
-def collate_dpo(pairs: list[tuple[Tokenized, Tokenized]], pad_id: int) -> DPOBatch:
-    """Each pair's chosen then rejected row; prompts left-padded so that every prompt ends in the same
-    column P - 1 and every answer starts in column P, answers right-padded:
-
-        [pad pad p0 p0 p0 | c0 c0 c0 pad]      pair 0, chosen
-        [pad pad p0 p0 p0 | r0 r0 pad pad]     pair 0, rejected
-        [p1 p1 p1 p1 p1   | c1 c1 c1 c1 ]      ...
-
-    so a pair's two rows agree on columns < P and the prompt runs once per pair (models/forward.py
-    `shared_prompts`). Position ids count real tokens only, so the log-probs are those of the rows alone.
-    """
-    heads = [shared_head(c, r) for c, r in pairs]
-    P = max(heads)
-    rows = [(P - head, row) for (c, r), head in zip(pairs, heads) for row in (c, r)]  # (left pad, row)
-    T = max(pad + len(row.input_ids) for pad, row in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (pad, row) in enumerate(rows):
-        n = len(row.input_ids)
-        input_ids[i, pad : pad + n] = torch.tensor(row.input_ids)
-        labels[i, pad : pad + n] = torch.tensor(row.labels)
-        attention_mask[i, pad : pad + n] = 1
-        position_ids[i, pad : pad + n] = torch.arange(n)
-    n_tokens = int(attention_mask.sum())
-    return DPOBatch(LMBatch(input_ids, labels, attention_mask, position_ids, n_tokens))
-
-
-def render_with_labels(tok, prompt, answer, opts) -> Tokenized:
-    if isinstance(answer, list) or isinstance(prompt, list):
-        head = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        tail = answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
-        return render_chat(tok, head + tail)
-    return render_pair(tok, prompt, answer, opts)
-
-
-def dpo_batches(
-    pairs: list[tuple[Tokenized, Tokenized]],
-    batch_size: int,
-    pad_id: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    group_by_length: bool = False,
-):
-    """(chosen, rejected) pairs shuffled per epoch, `batch_size` pairs a micro-batch (`collate_dpo`).
-    With `group_by_length`, pairs of similar length (the longer of the two rows) share a micro-batch."""
-    lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in pairs] if group_by_length else None
-    return Shuffled(
+def train_batches(pairs, tok, cfg: DPOConfig, packed: bool = False, training: bool = True):
+    """The (chosen, rejected) pairs' batch source: shuffled per epoch and grouped by length
+    (data.group_by_length) for training, in order for evaluation; packed when the model takes a 4-D
+    mask (each prompt then runs once for both answers)."""
+    return pair_batches(
         pairs,
-        batch_size,
-        lambda chunk: collate_dpo(chunk, pad_id),
-        seed,
-        shuffle,
-        lengths,
-    )
-
-
-def train_batches(pairs, tok, cfg: DPOConfig):
-    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length."""
-    return dpo_batches(
-        pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed, group_by_length=cfg.data.group_by_length
+        cfg.train.batch_size,
+        lambda chunk: collate_dpo(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda pair: max(len(pair[0].input_ids), len(pair[1].input_ids)),
+        cfg.seed,
+        shuffle=training,
+        group_by_length=training and cfg.data.group_by_length,
     )
 
 
 def make_loss_fn(cfg: DPOConfig, ref_model=None):
-    dpo_loss = DPO_LOSSES[cfg.dpo.loss]
+    dpo_loss = pick(DPO_LOSSES, cfg.dpo.loss, "dpo.loss")
 
     def logps(model, batch: DPOBatch) -> Tensor:
-        """(2B,) each row's summed answer log-prob; pairs of similar length share a forward (by_length)."""
-
-        def run(rows: list[int] | None) -> Tensor:
-            return sequence_logprobs(model, batch.seqs if rows is None else batch.seqs.select(rows))
-
-        return by_length(model, batch.pair_lengths(), run, lambda pair: [2 * pair, 2 * pair + 1])
+        """(2B,) each answer's summed log-prob: chosen, rejected, chosen, ..."""
+        return sequence_logprobs(model, batch.seqs)
 
     def ref_logps(model, batch: DPOBatch) -> Tensor:
         with torch.no_grad():
@@ -158,8 +100,8 @@ def render_pairs(rows, tok, cfg: DPOConfig):
     opts = render_options(cfg)
     pairs = []
     for row in rows:
-        chosen = render_with_labels(tok, row["prompt"], row["chosen"], opts)
-        rejected = render_with_labels(tok, row["prompt"], row["rejected"], opts)
+        chosen = render_answer(tok, row["prompt"], row["chosen"], opts)
+        rejected = render_answer(tok, row["prompt"], row["rejected"], opts)
         if max(len(chosen.input_ids), len(rejected.input_ids)) > cfg.train.max_len:
             continue  # a cut answer would compare the wrong things
         if not chosen.n_trained or not rejected.n_trained:
@@ -173,6 +115,7 @@ def main(cfg: DPOConfig) -> Path:
         raise TunelabError("dpo needs preference pairs: set data.train=PATH (prompt, chosen, rejected).")
     if cfg.adapter in ("prompt", "prefix"):
         raise TunelabError("dpo trains with adapter=none, lora or dora.")
+    pick(DPO_LOSSES, cfg.dpo.loss, "dpo.loss")
     rows = read_dataset(cfg.data.train, "preference")
     held_rows = read_dataset(cfg.data.eval, "preference") if cfg.data.eval else []
     if not held_rows:
@@ -187,13 +130,14 @@ def main(cfg: DPOConfig) -> Path:
         "beta": cfg.dpo.beta,
         "loss": cfg.dpo.loss,
     }
+    packed = takes_4d_mask(model)
     eval_batches = None
     if held_rows:
-        eval_batches = dpo_batches(
-            render_pairs(held_rows, tok, cfg), cfg.train.batch_size, tok.pad_token_id, shuffle=False
+        eval_batches = train_batches(
+            render_pairs(held_rows, tok, cfg), tok, cfg, packed, training=False
         ).all()
         report["eval pairs"] = len(held_rows)
-    batches = train_batches(pairs, tok, cfg)
+    batches = train_batches(pairs, tok, cfg, packed)
     return train(
         model,
         tok,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.config.schema import PretrainConfig
 from tunelab.data.prep.tokenize import is_token_dir
 from tunelab.data.sources import TextBlocks, text_paths
 from tunelab.errors import TunelabError
-from tunelab.schema import PretrainConfig
 from tunelab.stages.common import prepare_model
 from tunelab.stages.sft import loss_fn  # the same next-token loss; here every position carries a label
 from tunelab.train.loop import train

@@ -16,34 +16,29 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tunelab.config.schema import RLConfig
+from tunelab.config.variants import pick
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses import policy as P
-from tunelab.models.forward import token_logprobs
+from tunelab.models.forward import layout_logprobs
+from tunelab.rl.algos import ALGOS
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutBatch, RolloutSource
-from tunelab.schema import RLConfig
 from tunelab.stages.common import prepare_model, render_options
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
 from tunelab.train.run_folder import default_run_dir
 
-POLICY_LOSS = {"grpo": "ppo_clip", "rloo": "reinforce", "reinforce": "reinforce", "ppo": "ppo_clip"}
-
 
 def make_loss_fn(cfg: RLConfig, value_head=None):
-    policy_loss = P.POLICY_LOSSES[POLICY_LOSS[cfg.algo]]
-    kl_estimate = P.KL_ESTIMATORS[cfg.kl.estimator]
+    policy_loss = pick(ALGOS, cfg.algo, "algo").policy_loss
+    kl_estimate = pick(P.KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
 
     def loss_fn(model, batch: RolloutBatch) -> tuple[Tensor, dict]:
-        logp, entropy, values = token_logprobs(
-            model,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.completion_mask,
-            cfg.rollout.temperature,
-            value_head,
-        )  # (K,) each
+        logp, entropy, values = layout_logprobs(
+            model, batch.seqs, cfg.rollout.temperature, value_head
+        )  # (K,)
         loss = policy_loss(logp, batch.old_logp, batch.adv, cfg.rl.clip)  # (K,)
         if batch.is_weight is not None:  # vLLM sampled: truncated importance-sampling correction
             loss = loss * batch.is_weight
@@ -66,18 +61,16 @@ def reference(model, cfg: RLConfig):
     """Reference log-probs: the adapter switched off (no second copy), or a frozen copy of the full model."""
     if cfg.adapter != "none":
 
-        def ref_logp(input_ids, attention_mask, completion_mask):
+        def ref_logp(seqs):
             with model.disable_adapter():
-                return token_logprobs(
-                    model, input_ids, attention_mask, completion_mask, cfg.rollout.temperature
-                )[0]
+                return layout_logprobs(model, seqs, cfg.rollout.temperature)[0]
 
         return ref_logp
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def frozen_logp(input_ids, attention_mask, completion_mask):
-        frozen.to(input_ids.device)  # follows the policy onto its device (a no-op once there)
-        return token_logprobs(frozen, input_ids, attention_mask, completion_mask, cfg.rollout.temperature)[0]
+    def frozen_logp(seqs):
+        frozen.to(seqs.input_ids.device)  # follows the policy onto its device (a no-op once there)
+        return layout_logprobs(frozen, seqs, cfg.rollout.temperature)[0]
 
     return frozen_logp
 
@@ -93,13 +86,15 @@ def main(cfg: RLConfig) -> Path:
         from tunelab.rl.vllm_backend import check_available
 
         check_available(cfg)  # before any model loads
+    algo = pick(ALGOS, cfg.algo, "algo")
+    pick(P.KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
     rows = read_dataset(cfg.data.train, "prompts")
     reward = build_reward(cfg.reward)
-    if cfg.algo in ("grpo", "rloo") and cfg.rl.group < 2:
+    if algo.needs_group and cfg.rl.group < 2:
         raise TunelabError(f"algo={cfg.algo} compares samples of the same prompt: set rl.group >= 2.")
     model, tok = prepare_model(cfg)
     value_head = None
-    if cfg.algo == "ppo":
+    if algo.critic:
         torch.manual_seed(cfg.seed)
         value_head = torch.nn.Linear(model.config.hidden_size, 1)
         torch.nn.init.zeros_(value_head.weight)  # values start at 0: early advantages are the plain returns

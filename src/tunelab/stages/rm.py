@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tunelab.data.pairs import PairBatch, pair_batches, render_preference
+from tunelab.config.schema import RMConfig
+from tunelab.data.pairs import PairBatch, collate_pairs, pair_batches, render_preference
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
-from tunelab.models.reward import rewards
-from tunelab.schema import RMConfig
+from tunelab.models.capability import takes_4d_mask
+from tunelab.models.reward import layout_rewards
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
@@ -29,8 +30,8 @@ from tunelab.train.loop import train
 
 def make_loss_fn(center: float = 0.0):
     def loss_fn(model, batch: PairBatch) -> tuple[Tensor, dict]:
-        scores = rewards(model, batch.input_ids, batch.attention_mask)  # (2B,)
-        r_chosen, r_rejected = scores.chunk(2)  # (B,), (B,)
+        scores = layout_rewards(model, batch.seqs)  # (2B,) chosen, rejected, chosen, ...
+        r_chosen, r_rejected = scores[0::2], scores[1::2]  # (B,), (B,)
         loss = bradley_terry_loss(r_chosen, r_rejected, batch.margin, batch.weight, center)
         diff = (r_chosen - r_rejected).detach()
         return loss, {"accuracy": float((diff > 0).sum()), "margin": float(diff.sum())}
@@ -50,10 +51,17 @@ def render_pairs(rows, tok, cfg: RMConfig):
     return pairs, n_cut
 
 
-def train_batches(pairs, tok, cfg: RMConfig):
-    """The training pairs' batch source: shuffled per epoch, grouped by length when data.group_by_length."""
+def train_batches(pairs, tok, cfg: RMConfig, packed: bool = False, training: bool = True):
+    """The pairs' batch source: shuffled per epoch and grouped by length (data.group_by_length) for
+    training, in order for evaluation; packed when the model takes a 4-D mask (a pair's prompt runs once)."""
     return pair_batches(
-        pairs, cfg.train.batch_size, tok.pad_token_id, cfg.seed, group_by_length=cfg.data.group_by_length
+        pairs,
+        cfg.train.batch_size,
+        lambda chunk: collate_pairs(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda pair: max(len(pair.chosen), len(pair.rejected)),
+        cfg.seed,
+        shuffle=training,
+        group_by_length=training and cfg.data.group_by_length,
     )
 
 
@@ -64,7 +72,8 @@ def calibration(model, batches: list[PairBatch], seed: int = 0, bins: int = 10) 
     rng = random.Random(seed)
     predicted, observed = [], []
     for batch in batches:
-        r_chosen, r_rejected = rewards(model, batch.input_ids, batch.attention_mask).chunk(2)
+        scores = layout_rewards(model, batch.seqs)  # (2B,)
+        r_chosen, r_rejected = scores[0::2], scores[1::2]
         for rc, rr in zip(r_chosen.tolist(), r_rejected.tolist(), strict=True):
             first_is_chosen = rng.random() < 0.5
             diff = rc - rr if first_is_chosen else rr - rc
@@ -121,12 +130,13 @@ def main(cfg: RMConfig) -> Path:
     if not pairs:
         raise TunelabError(f"No preference pairs left after fitting to train.max_len={cfg.train.max_len}.")
     report = {"train pairs": f"{len(pairs)} ({n_cut} cut to the last {cfg.train.max_len} tokens)"}
+    packed = takes_4d_mask(model)
     eval_batches = None
     if held_rows:
         held, _ = render_pairs(held_rows, tok, cfg)
-        eval_batches = pair_batches(held, cfg.train.batch_size, tok.pad_token_id, shuffle=False).all()
+        eval_batches = train_batches(held, tok, cfg, packed, training=False).all()
         report["eval pairs"] = len(held)
-    batches = train_batches(pairs, tok, cfg)
+    batches = train_batches(pairs, tok, cfg, packed)
     run = train(
         model,
         tok,

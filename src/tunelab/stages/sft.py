@@ -9,13 +9,13 @@ from pathlib import Path
 
 from torch import Tensor
 
+from tunelab.config.schema import SFTConfig
 from tunelab.data.batch import LMBatch
 from tunelab.data.read import read_dataset, records
 from tunelab.data.sources import row_batches
 from tunelab.errors import TunelabError
 from tunelab.losses.lm import lm_loss_sum
 from tunelab.models.forward import next_token_logits
-from tunelab.schema import SFTConfig
 from tunelab.stages.common import prepare_model, render_rows, split_holdout
 from tunelab.train.loop import train
 
@@ -85,8 +85,8 @@ def main(cfg: SFTConfig) -> Path:
 
 def reward_evaluator(cfg: SFTConfig, tok, held_rows: list[dict]):
     """Stop SFT at the right time: the mean reward of answers to held-out prompts, watched by early stopping."""
-    from tunelab.generation import generate
-    from tunelab.rm import RewardScorer
+    from tunelab.models.generation import generate
+    from tunelab.models.scorer import RewardScorer
     from tunelab.stages.common import render_options
 
     re = cfg.reward_eval

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.schema import SFTConfig
+from tunelab.config.schema import SFTConfig
 
 
 def task_evaluator(cfg: SFTConfig, tok):

@@ -7,7 +7,7 @@ task = BUILTIN["extract"]()
 from __future__ import annotations
 
 from tunelab.tasks import extract
-from tunelab.tasks.task import Task
+from tunelab.tasks.base import Task
 
 
 def extract_task() -> Task:

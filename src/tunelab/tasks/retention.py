@@ -9,7 +9,7 @@ these more than parameter-efficient tuning does.
 
 from __future__ import annotations
 
-from tunelab.tasks.task import Task
+from tunelab.tasks.base import Task
 
 GENERAL_TEXT = """\
 Water boils at a lower temperature on a mountain than at sea level, because the air pressure is lower \

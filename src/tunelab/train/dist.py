@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tunelab.data.shard import share
 from tunelab.errors import TunelabError
 
 
@@ -165,14 +166,6 @@ def to_device(value, device: torch.device):
 def main_process() -> bool:
     """Rank 0 (or the only process): the one that writes files after training."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def share(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of rank's share of n consecutive units: the first ranks take one more when n does
-    not divide evenly."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
 
 
 def setup(cfg) -> Dist:

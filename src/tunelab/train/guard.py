@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from tunelab.config.schema import GuardSection
 from tunelab.errors import TunelabError
-from tunelab.schema import GuardSection
 
 POISONED = "the update made trainable weights non-finite"
 # an exact undo keeps a copy of the trainable weights and their optimizer state from before each step;

@@ -19,39 +19,25 @@ numbers are summed over ranks, and only rank 0 writes logs, plots and reports.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from tunelab.config.schema import StageConfig
 from tunelab.errors import TunelabError
-from tunelab.schema import StageConfig
-from tunelab.train import checkpoint as ckpt
 from tunelab.train import guard as guarding
-from tunelab.train import resume_check
 from tunelab.train.dist import Dist, to_device
 from tunelab.train.dist import setup as setup_dist
 from tunelab.train.guard import Guard
-from tunelab.train.log import MetricsLog, make_plots
+from tunelab.train.lifecycle import Checkpoints, LoopState, conclude, resume_hint
+from tunelab.train.log import MetricsLog
 from tunelab.train.optim import build_optimizer, lr_at
-from tunelab.train.process import Stop, peak_memory_mb, release_all_freed_memory, release_freed_memory
+from tunelab.train.process import Stop, release_all_freed_memory, release_freed_memory
 from tunelab.train.report import count_params
-from tunelab.train.run_folder import (
-    clear_old_run,
-    default_run_dir,
-    how_to_go_on,
-    save_final,
-    save_final_everywhere,
-    write_config,
-    write_summary,
-    writing,
-)
+from tunelab.train.run_folder import default_run_dir, how_to_go_on, save_final_everywhere, writing
 
 
 class BatchSource(Protocol):
@@ -67,22 +53,6 @@ class BatchSource(Protocol):
 
 
 LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass
-class LoopState:
-    """Everything besides weights, optimizer and RNG that an exact resume needs."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    micro: int = 0  # micro-batches consumed in this epoch
-    lr_scale: float = 1.0  # lowered by each rollback
-    tokens: int = 0  # target units trained on
-    best: float | None = None
-    best_step: int | None = None
-    evals_without_gain: int = 0
-    elapsed_s: float = 0.0
-    guard: dict = field(default_factory=dict)
 
 
 def total_steps(cfg: StageConfig, batches: BatchSource) -> int:
@@ -125,6 +95,10 @@ def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     return {"eval_loss": total / units, **{f"eval_{k}": v / units for k, v in sums.items()}}
 
 
+# called with the step number after every optimizer step, in every process (tests kill runs here)
+AFTER_STEP: list[Callable[[int], None]] = []
+
+
 def train(
     model,
     tok,
@@ -148,7 +122,6 @@ def train(
     tc = cfg.train
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = run_dir / "checkpoints"
     dist = setup_dist(cfg)
     console = Console(stderr=True, quiet=not dist.is_main)  # one voice: rank 0
     if dist.world > 1:
@@ -162,80 +135,17 @@ def train(
     unwrapped = dist.unwrap(model)
     params = [p for p in unwrapped.parameters() if p.requires_grad]
     total = total_steps(cfg, batches)
-    state = LoopState()
     guard = Guard(tc.guard)
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
-
-    resume_from = ckpt.resume_point(cfg.resume, ckpt_root, console.out)  # verified, or a message
-    start = resume_check.check(run_dir, cfg, stage, resume_from, dist.world)  # never mix two runs
-    source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
-    if resume_from is not None:
-        saved = ckpt.load(resume_from, unwrapped, optimizer, dist)
-        state = LoopState(**saved)
-        guard.load_state_dict(state.guard)
-        if (resume_from / source_file).is_file() and hasattr(batches, "load_state_dict"):
-            batches.load_state_dict(torch.load(resume_from / source_file, weights_only=False))
-        console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # out: no markup in paths
-        resume_check.announce(start, console.out)
-    if start.finished and state.step >= total:  # a finished run is never rewritten by a rerun
-        console.out(resume_check.nothing_to_do(run_dir))
+    run = Checkpoints(run_dir, unwrapped, optimizer, dist, batches, guard, tc.keep_last, params)
+    state = run.resume(cfg, stage, total, console)
+    if run.nothing_to_do:
         return run_dir
-    if resume_from is None and dist.is_main:  # a fresh start: nothing of an older run may mix in
-        clear_old_run(run_dir)
-    if dist.is_main:
-        write_config(run_dir, cfg, stage, total, dist)
-        resume_check.record(run_dir, state.step, start)
-    dist.barrier()  # the old run's files are gone before any rank writes a checkpoint
     log = MetricsLog(run_dir, resume_step=state.step) if dist.is_main else None
     if eval_batches and dist.device.type != "cpu":
         eval_batches = [to_device(b, dist.device) for b in eval_batches]
     source = _micro_batches(batches, state)
     model.train()
-    fault_step = int(
-        os.environ.get("TUNELAB_FAULT_KILL_AT_STEP", "0")
-    )  # crash tests: SIGKILL after this step
-
-    saved_step = state.step if resume_from is not None else None  # a checkpoint holds this step already
-
-    def save_checkpoint():
-        nonlocal saved_step
-        if saved_step == state.step:  # rewriting it would only open a moment in which it is missing
-            return
-        if not guarding.weights_finite(params, dist):  # never a checkpoint to roll back into the damage
-            console.print(f"[yellow]step {state.step}: weights not finite; no checkpoint written[/yellow]")
-            return
-        state.guard = guard.state_dict()
-        extra = {source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
-        folder = ckpt_root / f"step-{state.step}"
-        with writing(f"checkpoint {folder}", run_dir):
-            ckpt.save(folder, unwrapped, optimizer, vars(state), dist, extra)
-        saved_step = state.step
-        if dist.is_main:
-            ckpt.prune(ckpt_root, tc.keep_last)
-
-    def roll_back():
-        """Back to the newest checkpoint with a lower lr; without one, keep the weights (bad updates were
-        never applied) and only lower the lr: going back to step 0 would throw away all the training."""
-        last = ckpt.latest(ckpt_root)  # the newest that verifies (and none holds poisoned weights)
-        if last is not None:
-            ckpt.load_weights(last, unwrapped, optimizer, dist)
-        elif not guarding.weights_finite(params, dist):
-            raise guarding.nowhere_to_go_back(state.step, run_dir)
-        state.lr_scale *= tc.guard.lr_factor
-        guard.rollbacks += 1
-        guard.bad_in_row = 0
-        guard.events.append(
-            {
-                "step": state.step,
-                "event": "rollback",
-                "to": str(last or "current weights"),
-                "lr_scale": state.lr_scale,
-            }
-        )
-        console.print(
-            f"[yellow]step {state.step}: {tc.guard.max_bad} bad updates in a row: "
-            f"{'rolled back to ' + str(last) if last else 'no checkpoint yet, weights kept'}; lr x{state.lr_scale:g}[/yellow]"
-        )
 
     progress = _progress(console, total, state.step)
     started = time.monotonic() - state.elapsed_s
@@ -245,131 +155,95 @@ def train(
         while state.step < total:
             t0 = time.perf_counter()
             micro = _take(source, tc.grad_accum, dist, run_dir, state)
-            (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
-            lr = lr_at(state.step, total, tc) * state.lr_scale
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_total, metric_sums = 0.0, {}
-            for i, batch in enumerate(micro):
-                with dist.no_sync(model, sync=i == len(micro) - 1):
-                    loss_sum, metrics = loss_fn(model, batch)
-                    # / units: the mean over the global batch; x processes: DDP and FSDP average over ranks
-                    dist.backward(loss_sum * (dist.world / max(units, 1.0)))
-                loss_total += float(loss_sum.detach())
-                for k, v in metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-            keys = sorted(metric_sums)
-            loss_total, *sums = dist.sum([loss_total, *(metric_sums[k] for k in keys)])
-            metric_sums = dict(zip(keys, sums))
-            n_units = max(units, 1.0)
-            loss = loss_total / n_units
-            max_norm = tc.max_grad_norm if tc.max_grad_norm else float("inf")
-            grad_norm = dist.clip_grad_norm(params, max_norm)
-            reason = guard.check(loss, grad_norm)
-            if reason is None:
-                reason = guarding.guarded_step(optimizer, undo, guard, dist)  # undone if it poisons weights
-            if reason is not None:
-                guard.events.append({"step": state.step + 1, "event": "skipped", "reason": reason})
-                console.print(f"[yellow]step {state.step + 1}: update skipped ({reason})[/yellow]")
-            optimizer.zero_grad(set_to_none=True)
-            release_freed_memory()
-            state.step += 1
-            if reason is not None and guard.must_roll_back:
-                roll_back()
-            state.tokens += int(units)
+            row = _step(
+                model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console
+            )
+            if row["skipped"] and guard.must_roll_back:
+                run.roll_back(state, tc.guard.lr_factor, console)
             dt = time.perf_counter() - t0
             state.elapsed_s = time.monotonic() - started
-            row = {
-                "step": state.step,
-                "epoch": state.epoch + state.micro / max(1, batches.micro_batches_per_epoch or 1),
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": float(units) / dt,
-                "tokens": state.tokens,
-                "skipped": int(reason is not None),
-                **{k: v / n_units for k, v in metric_sums.items()},
-                **dist.mean_dict(_batch_stats(micro)),
-                "step_s": dt,
-            }
+            row["epoch"] = state.epoch + state.micro / max(1, batches.micro_batches_per_epoch or 1)
+            row["tokens_per_s"] = row["units"] / dt
+            row.update(dist.mean_dict(_batch_stats(micro)), step_s=dt)
             out_of_time = bool(tc.max_seconds and state.elapsed_s >= tc.max_seconds)
             due_eval = bool(eval_batches or evaluators) and (
                 bool(tc.eval_every and state.step % tc.eval_every == 0) or state.step == total or out_of_time
             )
             if due_eval:
-                if eval_batches:
-                    row.update(evaluate(model, loss_fn, eval_batches))
-                for evaluator in evaluators or []:  # e.g. the mean reward of sampled answers
-                    row.update(evaluator(unwrapped))
-                model.train()
+                row.update(_eval_metrics(model, unwrapped, loss_fn, eval_batches, evaluators))
                 stopped_early = _early_stopping(row, state, cfg, unwrapped, tok, run_dir, console, dist)
+            del row["units"]
             if dist.is_main and (state.step % tc.log_every == 0 or due_eval or state.step == total):
                 log.write(row)
-            progress.update(task, completed=state.step, loss=loss, tps=row["tokens_per_s"])
+            progress.update(task, completed=state.step, loss=row["loss"], tps=row["tokens_per_s"])
             if tc.save_every and state.step % tc.save_every == 0 and state.step < total:
-                save_checkpoint()
-            if fault_step and state.step == fault_step:
-                os.kill(os.getpid(), signal.SIGKILL)
+                run.save(state, console)
+            for hook in AFTER_STEP:
+                hook(state.step)
             stop.requested = dist.any(stop.requested)  # a signal to one rank stops them all at this step
             if stop.requested or stopped_early or out_of_time:
                 break
     release_all_freed_memory()
-    save_checkpoint()
+    run.save(state, console)
     if log is not None:
         log.close()
-    stopped = "plateau" if stopped_early else "time" if out_of_time and state.step < total else "steps"
     if stop.requested and state.step < total:
         console.print(
-            f"[bold]stopped at step {state.step}/{total}; checkpoint saved.[/bold] Resume with the same "
-            f"command plus: out={run_dir} resume=auto"
+            f"[bold]stopped at step {state.step}/{total}; checkpoint saved.[/bold] {resume_hint(run_dir)}"
         )
         return run_dir
-    weights_ok = guarding.weights_finite(params, dist)
-    failed = guarding.verdict(guard, state.step, weights_ok)  # None, or why this run is no success
-    if not weights_ok:
-        raise guarding.run_failed(failed, run_dir)  # no final/ from poisoned weights
-    best = run_dir / "best"
-    if tc.early_stop.patience and best.is_dir():
-        if dist.is_main:
-            shutil.rmtree(run_dir / "final", ignore_errors=True)
-            os.replace(best, run_dir / "final")  # the best checkpoint becomes final/
-        dist.barrier()
-    else:
-        with writing(f"the final model {run_dir / 'final'}", run_dir):
-            save_final_everywhere(dist, unwrapped, tok, run_dir / "final", cfg)
-    peak_per_rank = dist.gather([round(peak_memory_mb())])  # a collective: every rank's peak so far
-    if dist.is_main:
-        if cfg.merge and cfg.adapter in ("lora", "dora") and not dist.sharded:
-            import copy
-
-            save_final(
-                copy.deepcopy(unwrapped).merge_and_unload(), tok, run_dir / "merged", cfg
-            )  # the trained model stays as it is
-        make_plots(run_dir)
-        if not tc.keep_optimizer and not failed:  # a finished run keeps final/, not AdamW's moments
-            ckpt.drop_optimizer_state(ckpt_root)
-        summary = {
-            "unit": unit,
-            "stage": stage,
-            "total_steps": total,
-            "steps_done": state.step,
-            "stopped_early": stopped_early,
-            "stopped": stopped,  # plateau (early stopping) | time (train.max_seconds) | steps (the cap)
-            "best": state.best,
-            "best_step": state.best_step,
-            "elapsed_s": state.elapsed_s,
-            "tokens": state.tokens,
-            "peak_memory_mb": peak_memory_mb(),
-            "peak_rss_mb_per_rank": peak_per_rank,
-            "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
-        }
-        summary["processes"], summary["distributed"] = dist.world, dist.mode
-        summary["failed"], summary["history"] = failed, resume_check.history_lines(run_dir)
-        write_summary(run_dir, cfg, summary, n_params, report or {})
-    if failed:
-        raise guarding.run_failed(failed, run_dir)
+    stopped = "plateau" if stopped_early else "time" if out_of_time and state.step < total else "steps"
+    facts = {"stage": stage, "unit": unit, "total_steps": total, "stopped_early": stopped_early}
+    conclude(run, cfg, tok, state, n_params, report or {}, **facts, stopped=stopped)
     console.out(f"done: {run_dir}  (final model in {run_dir / 'final'}, report in {run_dir / 'report.md'})")
     return run_dir
+
+
+def _step(model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console) -> dict:
+    """One optimizer step over the step's micro-batches: the mean loss over the global batch's units,
+    its gradient clipped, applied unless the guard refuses it. Returns the step's metrics row."""
+    (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
+    lr = lr_at(state.step, total, tc) * state.lr_scale
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_total, metric_sums = 0.0, {}
+    for i, batch in enumerate(micro):
+        with dist.no_sync(model, sync=i == len(micro) - 1):
+            loss_sum, metrics = loss_fn(model, batch)
+            # / units: the mean over the global batch; x processes: DDP and FSDP average over ranks
+            dist.backward(loss_sum * (dist.world / max(units, 1.0)))
+        loss_total += float(loss_sum.detach())
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+    keys = sorted(metric_sums)
+    loss_total, *sums = dist.sum([loss_total, *(metric_sums[k] for k in keys)])
+    metric_sums = dict(zip(keys, sums))
+    n_units = max(units, 1.0)
+    loss = loss_total / n_units
+    max_norm = tc.max_grad_norm if tc.max_grad_norm else float("inf")
+    grad_norm = dist.clip_grad_norm(params, max_norm)
+    reason = guard.check(loss, grad_norm)
+    if reason is None:
+        reason = guarding.guarded_step(optimizer, undo, guard, dist)  # undone if it poisons a weight
+    if reason is not None:
+        guard.events.append({"step": state.step + 1, "event": "skipped", "reason": reason})
+        console.print(f"[yellow]step {state.step + 1}: update skipped ({reason})[/yellow]")
+    optimizer.zero_grad(set_to_none=True)
+    release_freed_memory()
+    state.step += 1
+    state.tokens += int(units)
+    return {
+        "step": state.step,
+        "epoch": 0.0,  # set by the caller, which knows the source's length
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": 0.0,  # set by the caller, which times the whole step
+        "tokens": state.tokens,
+        "skipped": int(reason is not None),
+        **{k: v / n_units for k, v in metric_sums.items()},
+        "units": units,
+    }
 
 
 def _take(source: Iterator, n: int, dist: Dist, run_dir: Path, state: LoopState) -> list:
@@ -389,6 +263,15 @@ def _batch_stats(micro: list) -> dict[str, float]:
         for k, v in getattr(batch, "stats", {}).items():
             seen.setdefault(k, []).append(float(v))
     return {k: sum(v) / len(v) for k, v in seen.items()}
+
+
+def _eval_metrics(model, unwrapped, loss_fn, eval_batches, evaluators) -> dict[str, float]:
+    """eval_loss (and the loss function's metrics) on the held-out batches, plus every evaluator's."""
+    row = evaluate(model, loss_fn, eval_batches) if eval_batches else {}
+    for evaluator in evaluators or []:  # e.g. the mean reward of sampled answers
+        row.update(evaluator(unwrapped))
+    model.train()
+    return row
 
 
 def _early_stopping(row, state, cfg, model, tok, run_dir, console, dist) -> bool:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from tunelab.schema import TrainSection
+from tunelab.config.schema import TrainSection
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:

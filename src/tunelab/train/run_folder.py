@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tunelab.config import dump_config
-from tunelab.schema import StageConfig
+from tunelab.config.schema import StageConfig
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.checkpoint import how_to_go_on, writing  # noqa: F401  (the loop imports them from here)
 from tunelab.train.dist import Dist

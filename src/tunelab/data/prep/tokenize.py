@@ -91,12 +91,13 @@ def tokenize_chunk(chunk: list[Doc]) -> Encoded:
 # ---------------------------------------------------------------- the step
 
 
-def run_tokenize(inputs: list[str], out: Path, model: str, *, workers: int = 1, console=None) -> dict:
-    """Tokenise `inputs` into `out` (tokens.bin, docs.bin, meta.json); returns the meta."""
-    from tunelab.models.load import load_tokenizer
-
+def run_tokenize(
+    inputs: list[str], out: Path, tok, *, model: str | None = None, workers: int = 1, console=None
+) -> dict:
+    """Tokenise `inputs` into `out` (tokens.bin, docs.bin, meta.json) with `tok` (the caller loads it:
+    `models.load.load_tokenizer`; `model` names it in messages and the meta); returns the meta."""
+    model = model or getattr(tok, "name_or_path", "") or "the tokenizer"
     files = input_files(inputs)
-    tok = load_tokenizer(model)
     if tok.eos_token_id is None:
         raise TunelabError(f"{model}'s tokenizer has no EOS token to mark where documents end.")
     if not getattr(tok, "is_fast", False):

@@ -12,10 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from tunelab.config import SEED_MAX, Section
-from tunelab.prompting.strategies import PromptingOptions
+from tunelab.config.load import SEED_MAX, Section
 
-Adapter = Literal["none", "lora", "dora", "prompt", "prefix"]
+# Variant names are plain strings here: the config imports no behaviour, and each name is checked
+# against its table (the one list of names) where it is used, before any model loads
+# (tunelab.config.variants.pick; docs/decisions.md, "variant names").
+Adapter = str  # a name in tunelab.models.adapters.ADAPTERS
 
 
 class LoraSection(Section):
@@ -265,7 +267,10 @@ class TaskEvalSection(Section):
     )
     rows: str | None = Field(None, description="validation rows in the task's own fields (JSONL)")
     patience: int | None = Field(
-        3, ge=1, le=1_000_000, description="stop when the task metric has not improved for this many evaluations"
+        3,
+        ge=1,
+        le=1_000_000,
+        description="stop when the task metric has not improved for this many evaluations",
     )
 
 
@@ -318,7 +323,7 @@ class KLSection(Section):
     mode: Literal["loss", "reward"] = Field(
         "loss", description="KL as a loss term, or subtracted from the reward"
     )
-    estimator: Literal["k1", "k2", "k3"] = Field(
+    estimator: str = Field(  # a name in tunelab.losses.policy.KL_ESTIMATORS
         "k3", description="KL estimator: k1 log-ratio, k2 half squared, k3 Schulman"
     )
 
@@ -359,7 +364,9 @@ class RLConfig(StageConfig):
     adapter: Adapter = Field(
         "lora", description="none (frozen copy as reference) | lora | dora (adapter off = reference)"
     )
-    algo: Literal["grpo", "rloo", "reinforce", "ppo"] = Field("grpo", description="policy-gradient variant")
+    algo: str = Field(
+        "grpo", description="policy-gradient variant: grpo | rloo | reinforce | ppo (tunelab.rl.algos.ALGOS)"
+    )
     lora: LoraSection = Field(
         default_factory=lambda: LoraSection(dropout=0.0),
         description="LoRA options (no dropout: the sampler and the trainer then see the same policy)",
@@ -384,7 +391,7 @@ class DPOSection(Section):
     beta: float = Field(
         0.1, gt=0, le=1000, description="DPO temperature: how far from the reference the policy may move"
     )
-    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid (DPO) or ipo")
+    loss: str = Field("sigmoid", description="sigmoid (DPO) or ipo (tunelab.losses.preference.DPO_LOSSES)")
 
 
 class DPOConfig(StageConfig):
@@ -397,7 +404,52 @@ class DPOConfig(StageConfig):
     )
 
 
-Strategy = Literal["zero_shot", "rules", "cot", "reflection", "few_shot", "self_consistency", "best_of_n"]
+class PromptingOptions(Section):
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=65_536, description="longest direct answer; default: the task's"
+    )
+    rules_as: Literal["system", "user"] = Field(
+        "system", description="rules as a system message, or as a preamble of the user turn"
+    )
+    cot_instruction: str = Field(
+        "Think step by step. Then write the final answer on the last line, starting with 'Answer:'.",
+        description="what the cot and self_consistency strategies append to the prompt",
+    )
+    cot_max_new_tokens: int = Field(256, ge=1, le=65_536, description="longest chain of thought")
+    reflection_rounds: int = Field(2, ge=1, le=1_000_000_000, description="most critique + revision rounds")
+    critique: str = Field(
+        "Check your answer above against the request. If it is fully correct, reply with exactly: "
+        "NO ERRORS. Otherwise list each error in one short line.",
+        description="the reflection strategy's critique request",
+    )
+    revise: str = Field(
+        "Now write the corrected answer only, fixing those errors, in the requested format.",
+        description="the reflection strategy's revision request",
+    )
+    shots: int = Field(
+        4, ge=0, le=1_000_000_000, description="few-shot examples wanted (fewer when they do not fit)"
+    )
+    shot_selection: Literal["fixed", "random", "similar"] = Field(
+        "random", description="which examples: the pool's first k, random, or most similar to the question"
+    )
+    max_context: int | None = Field(
+        None,
+        ge=8,
+        le=1_048_576,
+        description="token budget of prompt + answer; default: the model's context length",
+    )
+    samples: int = Field(
+        5, ge=1, le=1_000_000_000, description="answers sampled by self_consistency and best_of_n"
+    )
+    temperature: float = Field(
+        0.7, gt=0, le=100, description="sampling temperature of self_consistency and best_of_n"
+    )
+    rm: str | None = Field(
+        None, description="reward model that picks the best_of_n answer (a `tunelab rm` run)"
+    )
+
+
+Strategy = str  # a name in tunelab.prompting.strategies.STRATEGIES
 
 
 class EvalSection(Section):

@@ -1,0 +1,8 @@
+"""The config layer: typed sections for every command (`schema`) and their loader (`load`).
+
+It imports no behaviour: stages, models and apps import it, never the other way round.
+"""
+
+from tunelab.config.load import Section, dump_config, load_config, parse_overrides
+
+__all__ = ["Section", "dump_config", "load_config", "parse_overrides"]

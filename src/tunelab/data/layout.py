@@ -1,0 +1,231 @@
+"""One layout for every batch: segments (a prompt and 1..G continuations) laid out packed or padded.
+
+    segments = [Segment(prompt_ids, [chosen_ids, rejected_ids])]          # a DPO pair
+    batch = lay_out(segments, pad_id, packed=takes_4d_mask(model), max_len=1024)
+    logp, _, _ = layout_logprobs(model, batch)                            # models/forward.py
+
+A segment is what the batch maker knows belongs together: an SFT row or an RM answer (no prompt, one
+continuation), a DPO pair (a prompt, two answers), an RL group (a prompt, G completions). Continuations
+are numbered in segment order (segment 0's continuations first); every per-continuation value of the
+batch (`last`, sums of log-probs, rewards) is in that order.
+
+*Padded*: one row per continuation, `prompt + continuation`, right-padded; a 2-D attention mask.
+*Packed*: segments end to end in rows of at most `max_len` positions (a segment longer than that gets a
+row of its own), each prompt once, followed by its continuations; a 4-D mask (R, 1, T, T) lets a token
+see the earlier tokens of its own prompt and its own continuation only, and position ids continue each
+prompt into each of its continuations. Every token then has exactly the keys and positions it has in
+its padded row, so the two layouts give the same log-probs, rewards and gradients up to float
+rounding (tests/test_layout.py checks 1e-5 for every stage). The last prompt token predicts the first
+token of every continuation: its logits are computed once and read G times.
+
+Targets are listed explicitly rather than as shifted labels, since one position may predict several
+targets: target k is token `target_ids[k]`, predicted by the logits at flat position `source[k]` of the
+(R, T) grid, and belongs to continuation `target_seq[k]`. Targets come continuation by continuation,
+in token order (the row-major order of the padded layout). A prompt carries no targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+IGNORE = -100  # the label of a token that carries no loss (as data/render.py)
+
+
+@dataclass
+class Segment:
+    prompt: list[int]  # tokens every continuation follows (may be empty)
+    continuations: list[list[int]]  # 1..G token lists, each non-empty
+    labels: list[list[int]] | None = None  # per continuation, aligned with its tokens; IGNORE: no target.
+    # None: every continuation token is a target (an empty prompt's first token never is: nothing predicts it)
+
+
+@dataclass
+class Layout:
+    input_ids: Tensor  # (R, T) token ids, pad id where there is no token
+    attention_mask: Tensor  # padded: (R, T) 1 on tokens; packed: (R, 1, T, T) bool, query row sees key column
+    position_ids: Tensor  # (R, T) each prompt from 0, each continuation continuing its prompt
+    source: Tensor  # (K,) flat index into (R, T) of the position whose logits predict each target
+    target_ids: Tensor  # (K,) the target tokens
+    target_seq: Tensor  # (K,) the continuation each target belongs to
+    last: Tensor  # (S,) flat index into (R, T) of each continuation's last token (reward models read it)
+    n_seqs: int  # S: continuations in the batch
+    packed: bool
+    n_tokens: int = 0  # positions that hold a token (a packed prompt counts once)
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.target_ids.shape[0])
+
+    def to(self, device) -> Layout:
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.type == "Tensor"}
+        return replace(self, **moved)
+
+
+def _targets(seg: Segment, c: int) -> list[bool]:
+    """Which tokens of continuation c are targets."""
+    tokens = seg.continuations[c]
+    if seg.labels is not None:
+        marks = [label != IGNORE for label in seg.labels[c]]
+    else:
+        marks = [True] * len(tokens)
+    if not seg.prompt and marks:
+        marks[0] = False  # nothing predicts the first token of a row
+    return marks
+
+
+def _rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
+    """Segment indices per packed row, none split: first fit in decreasing length, so rows fill up and
+    the batch pads little (where a segment sits does not change the continuations' order)."""
+    length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(segments)), key=lambda i: -length[i]):
+        fit = next((r for r, n in enumerate(used) if max_len is not None and n + length[i] <= max_len), None)
+        if fit is None:
+            rows.append([i])
+            used.append(length[i])
+        else:
+            rows[fit].append(i)
+            used[fit] += length[i]
+    return [sorted(row) for row in rows]
+
+
+def lay_out(segments: list[Segment], pad_id: int, *, packed: bool, max_len: int | None = None) -> Layout:
+    """The segments as one batch, packed (rows of at most `max_len` positions) or padded."""
+    if packed:
+        return _packed(segments, pad_id, max_len)
+    return _padded(segments, pad_id)
+
+
+def _padded(segments: list[Segment], pad_id: int) -> Layout:
+    rows = [(seg, c) for seg in segments for c in range(len(seg.continuations))]
+    T = max(len(seg.prompt) + len(seg.continuations[c]) for seg, c in rows)
+    S = len(rows)
+    input_ids = torch.full((S, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((S, T), dtype=torch.long)
+    position_ids = torch.zeros((S, T), dtype=torch.long)
+    source, target_ids, target_seq, last = [], [], [], []
+    for r, (seg, c) in enumerate(rows):
+        tokens = seg.prompt + seg.continuations[c]
+        n, P = len(tokens), len(seg.prompt)
+        input_ids[r, :n] = torch.tensor(tokens)
+        attention_mask[r, :n] = 1
+        position_ids[r, :n] = torch.arange(n)
+        for j, is_target in enumerate(_targets(seg, c)):
+            if is_target:
+                source.append(r * T + P + j - 1)
+                target_ids.append(tokens[P + j])
+                target_seq.append(r)
+        last.append(r * T + n - 1)
+    return Layout(
+        input_ids,
+        attention_mask,
+        position_ids,
+        torch.tensor(source, dtype=torch.long),
+        torch.tensor(target_ids, dtype=torch.long),
+        torch.tensor(target_seq, dtype=torch.long),
+        torch.tensor(last, dtype=torch.long),
+        S,
+        packed=False,
+        n_tokens=int(attention_mask.sum()),
+    )
+
+
+def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout:
+    rows = _rows(segments, max_len)
+    lengths = [
+        sum(len(segments[i].prompt) + sum(map(len, segments[i].continuations)) for i in row) for row in rows
+    ]
+    R, T = len(rows), max(lengths)
+    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, T), dtype=torch.long)
+    # per position: its segment and its continuation (-1: a prompt token, -2: padding), to build the mask
+    seg_of = torch.full((R, T), -1, dtype=torch.long)
+    cont_of = torch.full((R, T), -2, dtype=torch.long)
+    n_conts = [len(seg.continuations) for seg in segments]
+    first_seq = [
+        sum(n_conts[:i]) for i in range(len(segments))
+    ]  # continuation number of each segment's first
+    S = sum(n_conts)
+    source = [[] for _ in range(S)]
+    target_ids = [[] for _ in range(S)]
+    last = [0] * S
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            seg = segments[i]
+            P = len(seg.prompt)
+            input_ids[r, at : at + P] = torch.tensor(seg.prompt, dtype=torch.long)
+            position_ids[r, at : at + P] = torch.arange(P)
+            seg_of[r, at : at + P] = i
+            cont_of[r, at : at + P] = -1
+            prompt_end = at + P - 1  # flat column of the last prompt token (unused without a prompt)
+            at += P
+            for c, tokens in enumerate(seg.continuations):
+                s, n = first_seq[i] + c, len(tokens)
+                input_ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
+                position_ids[r, at : at + n] = torch.arange(P, P + n)
+                seg_of[r, at : at + n] = i
+                cont_of[r, at : at + n] = s
+                for j, is_target in enumerate(_targets(seg, c)):
+                    if is_target:
+                        source[s].append(r * T + (prompt_end if j == 0 else at + j - 1))
+                        target_ids[s].append(tokens[j])
+                last[s] = r * T + at + n - 1
+                at += n
+    real = cont_of != -2  # (R, T)
+    same_seg = seg_of[:, :, None] == seg_of[:, None, :]  # (R, T, T) query row, key column
+    key_ok = (cont_of[:, None, :] == -1) | (cont_of[:, None, :] == cont_of[:, :, None])
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = same_seg & key_ok & causal & real[:, None, :] & real[:, :, None]
+    mask |= torch.eye(T, dtype=torch.bool)[None] & ~real[:, :, None]  # padding sees itself: no empty row
+    flat_source = [p for s in source for p in s]
+    return Layout(
+        input_ids,
+        mask[:, None],
+        position_ids,
+        torch.tensor(flat_source, dtype=torch.long),
+        torch.tensor([t for s in target_ids for t in s], dtype=torch.long),
+        torch.tensor([s for s, src in enumerate(source) for _ in src], dtype=torch.long),
+        torch.tensor(last, dtype=torch.long),
+        S,
+        packed=True,
+        n_tokens=int(real.sum()),
+    )
+
+
+def shared_prefix(a: list[int], b: list[int], stop: int | None = None) -> int:
+    """How many leading tokens two renderings share (at most `stop`): the prompt of a preference pair."""
+    n = 0
+    limit = min(len(a), len(b)) - 1  # each keeps at least one token of its own
+    if stop is not None:
+        limit = min(limit, stop)
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def pair_segment(
+    chosen: list[int],
+    rejected: list[int],
+    chosen_labels: list[int] | None = None,
+    rejected_labels: list[int] | None = None,
+) -> Segment:
+    """A preference pair (reward model or DPO) as one segment: the prompt the two renderings share, then
+    the chosen and the rejected answer. Without labels nothing is a target (a reward model reads the
+    last token of each answer); with them, the shared prompt ends before the first labelled token."""
+    stop = None
+    if chosen_labels is not None:
+        first = [
+            i for labels in (chosen_labels, rejected_labels) for i, x in enumerate(labels) if x != IGNORE
+        ]
+        stop = min(first) if first else None
+    P = shared_prefix(chosen, rejected, stop)
+    if chosen_labels is None:
+        labels = [[IGNORE] * (len(chosen) - P), [IGNORE] * (len(rejected) - P)]
+    else:
+        labels = [chosen_labels[P:], rejected_labels[P:]]
+    return Segment(chosen[:P], [chosen[P:], rejected[P:]], labels)

@@ -1,0 +1,160 @@
+"""One layout, two ways: for every stage, a packed and a padded batch of the same data give the same
+losses, log-probs (or rewards) and gradients within 1e-5. The path is chosen by building the input
+(`packed=True|False`), never by patching a private function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.config import load_config
+from tunelab.data.layout import IGNORE, Segment, lay_out, pair_segment
+from tunelab.models.forward import next_token_logits
+from tunelab.stages.common import prepare_model
+
+PAIRS = [
+    {"prompt": "Say cat", "chosen": "cat cat", "rejected": "no"},
+    {"prompt": "Tell me about the river by the old house", "chosen": "it runs", "rejected": "the river runs"},
+    {"prompt": "Count", "chosen": "one two three four five", "rejected": "one"},
+]
+TEXTS = ["cat", "the dog runs past the green hills", "a house by the sea", "bread and water, please"]
+
+
+def model_for(schema: str, *extra: str, head: str = "lm"):
+    from tunelab.config import schema as S
+
+    cfg = load_config(
+        getattr(S, schema), None, ["model=tiny:llama", "adapter=lora", "lora.dropout=0", *extra]
+    )
+    model, tok = prepare_model(cfg, head=head)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the outputs
+            p.data.normal_(0, 0.05)
+    return cfg, model, tok
+
+
+def loss_grads_values(model, loss_fn, batch, values_fn):
+    model.zero_grad()
+    loss, _ = loss_fn(model, batch)
+    loss = loss / batch.n_targets  # what the loop backpropagates: the mean over the batch's units
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    with torch.no_grad():
+        values = values_fn(model, batch)
+    return loss.detach(), values, grads
+
+
+def sft_case(packed: bool):
+    from tunelab.data.batch import collate, pack
+    from tunelab.stages import common, sft
+
+    cfg, model, tok = model_for("SFTConfig")
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in PAIRS]
+    items, _ = common.render_rows(rows, tok, cfg)
+    batch = collate(pack(items, 200) if packed else items, tok.pad_token_id)
+    return model, sft.loss_fn, batch, lambda m, b: next_token_logits(m, b)[0]
+
+
+def pretrain_case(packed: bool):
+    from tunelab.data.batch import collate, pack
+    from tunelab.data.render import render_text
+    from tunelab.stages import pretrain
+
+    _, model, tok = model_for("PretrainConfig")
+    items = [render_text(tok, t) for t in TEXTS]
+    batch = collate(pack(items, 200) if packed else items, tok.pad_token_id)
+    return model, pretrain.loss_fn, batch, lambda m, b: next_token_logits(m, b)[0]
+
+
+def rm_case(packed: bool):
+    from tunelab.data.pairs import collate_pairs
+    from tunelab.models.reward import layout_rewards
+    from tunelab.stages import rm
+
+    cfg, model, tok = model_for("RMConfig", head="reward")
+    pairs, _ = rm.render_pairs(PAIRS, tok, cfg)
+    batch = collate_pairs(pairs, tok.pad_token_id, packed=packed, max_len=200)
+    return model, rm.make_loss_fn(), batch, lambda m, b: layout_rewards(m, b.seqs)
+
+
+def dpo_case(packed: bool):
+    from tunelab.models.forward import sequence_logprobs
+    from tunelab.stages import dpo
+
+    cfg, model, tok = model_for("DPOConfig")
+    pairs = dpo.render_pairs(PAIRS, tok, cfg)
+    batch = dpo.collate_dpo(pairs, tok.pad_token_id, packed=packed, max_len=200)
+    return model, dpo.make_loss_fn(cfg), batch, lambda m, b: sequence_logprobs(m, b.seqs)
+
+
+def rl_case(packed: bool):
+    from tunelab.models.forward import layout_logprobs
+    from tunelab.rl.rollout import RolloutBatch
+    from tunelab.stages import rl
+
+    cfg, model, tok = model_for("RLConfig", "kl.beta=0.1", "kl.mode=loss")
+    g = torch.Generator().manual_seed(0)
+    segments = [
+        Segment(
+            tok(p, add_special_tokens=False)["input_ids"],
+            [torch.randint(3, 300, (n,), generator=g).tolist() for n in (2, 5, 8)],
+        )
+        for p in ("what is two plus two", "a longer question about the cat that sat on the mat")
+    ]
+    seqs = lay_out(segments, tok.pad_token_id, packed=packed, max_len=64)
+    with torch.no_grad():  # the sampler's log-probs: the padded forward's, the same for both layouts
+        padded = lay_out(segments, tok.pad_token_id, packed=False)
+        old = layout_logprobs(model, padded, 0.7)[0] + 0.05 * torch.linspace(-1, 1, padded.n_targets)
+    adv = torch.linspace(-1, 1, seqs.n_targets)
+    batch = RolloutBatch(seqs, seqs.target_seq, old, old - 0.1, adv, None, None, torch.zeros(6))
+    return model, rl.make_loss_fn(cfg), batch, lambda m, b: layout_logprobs(m, b.seqs, 0.7)[0]
+
+
+CASES = {"sft": sft_case, "pretrain": pretrain_case, "rm": rm_case, "dpo": dpo_case, "rl": rl_case}
+
+
+@pytest.mark.parametrize("stage", sorted(CASES))
+def test_packed_and_padded_layouts_give_the_same_losses_values_and_gradients(stage, one_thread):
+    case = CASES[stage]
+    batch = case(True)[2]
+    assert (batch.seqs if hasattr(batch, "seqs") else batch).input_ids.shape[
+        0
+    ] < 3  # rows hold several segments
+    packed = loss_grads_values(*_run(case, packed=True))
+    padded = loss_grads_values(*_run(CASES[stage], packed=False))
+    for name, got, want in zip(("loss", "values", "gradients"), packed, padded, strict=True):
+        assert got.shape == want.shape, name
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (name, (got - want).abs().max())
+
+
+def _run(case, packed):
+    model, loss_fn, batch, values_fn = case(packed)
+    model.train()
+    return model, loss_fn, batch, values_fn
+
+
+def test_a_packed_layout_shares_prompts_caps_rows_and_continues_positions():
+    segments = [Segment([1, 2, 3], [[4, 5], [6]]), Segment([7], [[8, 9, 10]])]
+    batch = lay_out(segments, pad_id=0, packed=True, max_len=8)
+    # row 0: 1 2 3 | 4 5 | 6   (6 positions, the second segment (4) does not fit); row 1: 7 | 8 9 10
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 3, 0, 0]]
+    mask = batch.attention_mask[0, 0]
+    assert mask[5].tolist() == [True, True, True, False, False, True]  # 6 sees its prompt and itself
+    assert mask[4].tolist() == [True, True, True, True, True, False]
+    # targets: 4 (from 3), 5 (from 4), 6 (from 3 again), 8 (from 7), 9, 10; continuation by continuation
+    assert batch.target_ids.tolist() == [4, 5, 6, 8, 9, 10]
+    assert batch.source.tolist() == [2, 3, 2, 6, 7, 8]
+    assert batch.target_seq.tolist() == [0, 0, 1, 2, 2, 2]
+    assert batch.last.tolist() == [4, 5, 9]
+    padded = lay_out(segments, pad_id=0, packed=False)
+    assert padded.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 6, 0], [7, 8, 9, 10, 0]]
+    assert padded.target_ids.tolist() == batch.target_ids.tolist()
+    assert padded.target_seq.tolist() == batch.target_seq.tolist()
+
+
+def test_a_preference_pair_shares_its_prompt_up_to_the_first_label():
+    seg = pair_segment([1, 2, 3, 4], [1, 2, 5], [IGNORE, IGNORE, 3, 4], [IGNORE, IGNORE, IGNORE])
+    assert seg.prompt == [1, 2] and seg.continuations == [[3, 4], [5]]
+    assert pair_segment([1, 2], [1, 2]).continuations == [[2], [2]]  # each keeps a token of its own
