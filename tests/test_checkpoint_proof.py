@@ -8,13 +8,17 @@ import pytest
 import torch
 from conftest import write_jsonl
 from safetensors.torch import load_file
-from test_faults import SFT, checkpoints, one_paragraph, steps_logged
+from test_faults import SFT as FAULTS_SFT
+from test_faults import checkpoints, one_paragraph, steps_logged
 from test_train import PAIRS, sft_config
 
-from tunelab.errors import TunelabError
 from tunelab.config.schema import GuardSection
+from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.guard import Guard, StepUndo, guarded_step
+
+# these runs are resumed from their finished checkpoints (damaged or not), so they keep the optimizer state
+SFT = [*FAULTS_SFT, "train.keep_optimizer=true"]
 
 # ---------------------------------------------------------------- the guard and the weights
 
@@ -134,7 +138,7 @@ def test_a_run_that_skipped_most_updates_fails_with_what_to_change(tmp_path, one
 
 @pytest.fixture
 def finished(tmp_path, cli, one_thread):
-    """A finished 6-step LoRA run with checkpoints at steps 2, 4, 6 (keep_last=3)."""
+    """A finished 6-step LoRA run with checkpoints at steps 2, 4, 6 (keep_last=3), optimizer state kept."""
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     run = tmp_path / "run"
     code, _, err = cli(*SFT, "train.keep_last=3", f"data.train={data}", f"out={run}")
@@ -179,7 +183,6 @@ def test_a_damaged_newest_checkpoint_is_passed_over_saying_which_and_why(finishe
     code, _, err = cli(
         *SFT,
         "train.keep_last=3",
-        "train.keep_optimizer=true",
         "train.max_steps=8",
         f"data.train={data}",
         f"out={run}",

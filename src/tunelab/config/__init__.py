@@ -3,6 +3,14 @@
 It imports no behaviour: stages, models and apps import it, never the other way round.
 """
 
-from tunelab.config.load import Section, dump_config, load_config, parse_overrides
+from tunelab.config.load import (
+    INT_MAX,
+    SEED_MAX,
+    Section,
+    dump_config,
+    load_config,
+    parse_overrides,
+    read_yaml_text,
+)
 
-__all__ = ["Section", "dump_config", "load_config", "parse_overrides"]
+__all__ = ["INT_MAX", "SEED_MAX", "Section", "dump_config", "load_config", "parse_overrides", "read_yaml_text"]
