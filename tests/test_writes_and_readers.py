@@ -206,7 +206,9 @@ def test_lora_targets_the_model_lacks_are_a_message(tmp_path, cli, setting, says
     assert code == 2 and says in one_paragraph(err)
 
 
-@pytest.mark.parametrize("row", [{"instruction": None, "answer": "a"}, {"instruction": "q", "input": 3, "answer": "a"}])
+@pytest.mark.parametrize(
+    "row", [{"instruction": None, "answer": "a"}, {"instruction": "q", "input": 3, "answer": "a"}]
+)
 def test_task_rows_with_a_null_or_non_text_instruction_are_problems(tmp_path, row):
     # found by tests/test_fuzz.py (TUNELAB_FUZZ_EXAMPLES=5000): {"instruction": null} raised TypeError
     from tunelab.tasks.task import task_rows
