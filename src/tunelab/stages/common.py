@@ -89,5 +89,3 @@ def render_rows(rows: list[dict], tok, cfg: StageConfig) -> tuple[list[Tokenized
         items.append(fitted)
     stats.kept = len(items)
     return items, stats
-
-
