@@ -4,7 +4,6 @@ an exact resume of the watch's state."""
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
