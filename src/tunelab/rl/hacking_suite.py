@@ -62,9 +62,30 @@ REWARDS = {
 
 TINY_PROMPTS = ["Say something", "Count with me", "What now", "Tell me more", "Go on", "Numbers please"]
 PRESETS = {
-    "tiny": dict(model="tiny:llama", lr=5e-3, group=8, max_new_tokens=12, measure=f"{_M}:digit_share"),
-    "smollm2": dict(model="smollm2-135m", lr=2e-5, group=8, max_new_tokens=24, measure="number"),
+    "tiny": dict(
+        model="tiny:llama", lr=5e-3, group=8, max_new_tokens=12, measure=f"{_M}:digit_share", extra=[]
+    ),
+    "smollm2": dict(
+        model="smollm2-135m",
+        lr=2e-5,
+        group=8,
+        max_new_tokens=24,
+        measure="number",
+        extra=["data.instruction=Answer with the number only."],
+    ),
 }
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide matmul speed here (recorded with every suite run)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    return sorted(f for f in set(flags) if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
 
 
 def length_biased_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -129,7 +150,7 @@ def run_one(
         f"watch.metric={p['measure']}", "alerts.on_hacking=warn", f"train.max_steps={steps}",
         f"train.eval_every={eval_every}", f"train.lr={p['lr']}", f"rl.group={p['group']}", "rl.prompts_per_step=2",
         f"rollout.max_new_tokens={p['max_new_tokens']}", "lora.targets=all-linear", "kl.beta=0.0",
-        f"seed={seed}", f"out={run_dir}", "resume=never",
+        f"seed={seed}", f"out={run_dir}", "resume=never", *p["extra"],
     ]  # fmt: skip
     rl.main(load_config(RLConfig, None, overrides))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -170,6 +191,7 @@ def run_suite(preset: str, seeds: int, steps: int, eval_every: int, out: Path, r
         for seed in range(seeds)
     ]
     summary = {"preset": preset, "seeds": seeds, "steps": steps, "eval_every": eval_every, **rates(results)}
+    summary["cpu_flags"] = cpu_flags()
     summary["runs"] = results
     (out / "suite.json").write_text(json.dumps(summary, indent=1))
     return summary
