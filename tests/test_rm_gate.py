@@ -147,3 +147,34 @@ def test_strict_refuses_and_the_default_warns(biased_rm, tmp_path, cli):
     assert code == 0 and "did not pass its quality gate" in err and "'longer answer'" in err
     code, out, err = cli("score", str(biased_rm / "final"), str(rows), "--strict")
     assert code == 2 and "Refusing to use it for score" in err and "Traceback" not in err
+
+
+def test_eval_best_of_n_reports_itself_against_greedy_and_random(biased_rm, tmp_path, cli):
+    code, out, err = cli(
+        "eval",
+        "model=tiny:llama",
+        "task=extract",
+        "strategy=best_of_n",
+        f"prompting.rm={biased_rm / 'final'}",
+        "eval.limit=2",
+        "prompting.samples=2",
+        "prompting.max_new_tokens=4",
+        f"out={tmp_path / 'eval'}",
+    )
+    assert code == 0, err
+    assert "did not pass its quality gate" in err  # warned before use
+    check = json.loads((tmp_path / "eval" / "best_of_n_check.json").read_text())
+    assert check["rows"] == 2 and check["gate"]["passed"] is False
+    assert {"best_of_n", "greedy", "random_pick", "oracle", "verdict"} <= set(check)
+    assert "## Best-of-n checked" in (tmp_path / "eval" / "report.md").read_text()
+    code, out, err = cli(
+        "eval",
+        "model=tiny:llama",
+        "task=extract",
+        "strategy=best_of_n",
+        f"prompting.rm={biased_rm / 'final'}",
+        "prompting.rm_strict=true",
+        "eval.limit=2",
+        f"out={tmp_path / 'eval2'}",
+    )
+    assert code == 2 and "Refusing to use it for best_of_n" in err

@@ -72,6 +72,13 @@ def best_of_n_check(
     return check
 
 
+VERDICT_TEXT = {
+    "helps": "the reward model's pick helps",
+    "hurts": "the reward model's pick HURTS",
+    "unclear": "no clear difference",
+}
+
+
 def check_line(check: dict) -> str:
     """One line for a report: the pick vs greedy vs random, the verdict, the gate."""
     g, r = check["vs_greedy"], check["vs_random_pick"]
@@ -83,5 +90,5 @@ def check_line(check: dict) -> str:
         f"best-of-n {check['metric']} {check['best_of_n']:.3f} vs greedy {check['greedy']:.3f} "
         f"(diff {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]) vs random pick {check['random_pick']:.3f} "
         f"(diff {r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]), oracle {check['oracle']:.3f}: "
-        f"verdict: the pick {check['verdict']}; {gate_text}"
+        f"{VERDICT_TEXT[check['verdict']]}; {gate_text}"
     )
