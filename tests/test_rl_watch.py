@@ -176,3 +176,12 @@ def test_resume_keeps_the_watch_state_exact(tmp_path, one_thread):
     assert len(rows_a) == 6 and rows_a == rows_b
     assert state_a == state_b and len(state_a["history"]) == 6
     assert all(math.isfinite(h["heldout"]) for h in state_a["history"])
+
+
+def test_an_evaluation_without_a_new_rollout_keeps_the_last_statistics():
+    # rl.ppo_epochs > 1: two evaluations can see the same rollout; the reward must not drop to 0
+    watch = W.HackingWatch(window=3)
+    watch.record_step({"reward": 0.7, "completion_len": 5.0, "kl": 0.1, "entropy": 2.0, "copy_share": 0.0})
+    watch.evaluate(1, 0.5)
+    watch.evaluate(2, 0.5)
+    assert [h["reward"] for h in watch.history] == [0.7, 0.7]

@@ -98,7 +98,9 @@ class HackingWatch:
     first_len: float | None = None
     fired_at: int | None = None  # the step of the first alert
     alerts: list[dict] = field(default_factory=list)
-    rollouts: int = 0  # rollouts recorded (the evaluator turns them into the step number)
+    rollouts: int = (
+        0  # rollouts recorded: the evaluator's step number (exact when ppo_epochs = grad_accum = 1)
+    )
 
     @property
     def stop_requested(self) -> bool:
@@ -114,10 +116,13 @@ class HackingWatch:
 
     def evaluate(self, step: int, heldout: float) -> dict:
         """Log one evaluation and test the window; returns the metrics the loop logs (eval_*)."""
-        means = {
-            k: sum(r[k] for r in self.pending if k in r) / max(1, sum(k in r for r in self.pending))
-            for k in WATCHED
-        }
+        if self.pending:
+            means = {
+                k: sum(r[k] for r in self.pending if k in r) / max(1, sum(k in r for r in self.pending))
+                for k in WATCHED
+            }
+        else:  # no new rollout since the last evaluation (rl.ppo_epochs > 1): its statistics still hold
+            means = {k: self.history[-1][k] for k in WATCHED} if self.history else dict.fromkeys(WATCHED, 0.0)
         self.pending = []
         self.history.append({"step": step, "heldout": heldout, **means})
         out = {
