@@ -22,6 +22,7 @@ runs) is gated when it is used, if its run's config names its held-out pairs.
 from __future__ import annotations
 
 import json
+import random
 import re
 import sys
 from collections.abc import Callable
@@ -76,14 +77,23 @@ def words(text: str) -> list[str]:
 
 
 def fit_bag_of_words(
-    train_pairs: list[dict], *, max_vocab: int = 2000, l2: float = 1e-2, steps: int = 300, lr: float = 0.5
+    train_pairs: list[dict],
+    *,
+    max_vocab: int = 2000,
+    max_pairs: int = 4000,
+    l2: float = 1e-2,
+    steps: int = 300,
+    lr: float = 0.5,
 ):
     """Logistic regression P(a beats b) = sigmoid(w . (counts(a) - counts(b))) on the training pairs.
 
     No bias: swapping a and b flips the prediction, so each pair is used in both orders. Features are
     word counts plus the word count itself, each scaled by its standard deviation; plain gradient descent.
-    Returns a function answer -> score.
+    At most `max_pairs` training pairs (a seeded sample) keep the (2N, V) matrix small. Returns a
+    function answer -> score.
     """
+    if len(train_pairs) > max_pairs:
+        train_pairs = random.Random(0).sample(train_pairs, max_pairs)
     freq: dict[str, int] = {}
     for p in train_pairs:
         for w in words(p["chosen"]) + words(p["rejected"]):
