@@ -186,9 +186,7 @@ def test_every_file_of_the_corpus_has_a_case():
 @pytest.mark.parametrize("case", CASES, ids=[c.file for c in CASES])
 def test_bad_input_is_refused_naming_file_and_line_or_key(case, cli, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(BAD)  # configs and task files name their neighbours by relative paths
-    monkeypatch.setattr(
-        "tunelab.train.lifecycle.make_plots", lambda run_dir: []
-    )  # accepted configs train a step
+    monkeypatch.setattr("tunelab.train.lifecycle.make_plots", lambda run_dir: [])  # accepted configs train a step
     path = case.file
     if case.file == "pairs_10mb_line.jsonl":  # too big to commit: one line of 10 MB, never closed
         path = str(tmp_path / case.file)
