@@ -178,3 +178,30 @@ def test_eval_best_of_n_reports_itself_against_greedy_and_random(biased_rm, tmp_
         f"out={tmp_path / 'eval2'}",
     )
     assert code == 2 and "Refusing to use it for best_of_n" in err
+
+
+def test_rm_gate_strict_refuses_in_sft_reward_eval_and_in_rl(biased_rm, tmp_path):
+    from tunelab.config.schema import RLConfig, SFTConfig
+    from tunelab.stages import rl, sft
+
+    pairs = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"{i}?", "completion": str(i)} for i in range(8)])
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"{i}?"} for i in range(4)])
+    strict = ["model=tiny:llama", "rm_gate.strict=true", f"out={tmp_path / 'run'}"]
+    sft_cfg = load_config(
+        SFTConfig,
+        None,
+        [
+            *strict,
+            f"data.train={pairs}",
+            f"reward_eval.rm={biased_rm / 'final'}",
+            f"reward_eval.prompts={prompts}",
+            "train.eval_every=1",
+        ],
+    )
+    with pytest.raises(TunelabError, match="Refusing to use it for reward_eval"):
+        sft.main(sft_cfg)
+    rl_cfg = load_config(
+        RLConfig, None, [*strict, f"data.train={prompts}", f"reward=rm:{biased_rm / 'final'}"]
+    )
+    with pytest.raises(TunelabError, match="Refusing to use it for reward=rm: in RL"):
+        rl.main(rl_cfg)
