@@ -185,7 +185,7 @@ def test_best_of_n_keeps_the_answer_the_reward_model_prefers(monkeypatch):
         def score(self, items):
             return [float(len(answer)) for _, answer in items]
 
-    monkeypatch.setattr(strategies, "_reward_scorer", lambda path: LengthRM())
+    monkeypatch.setattr(strategies, "_reward_scorer", lambda path, strict=False: LengthRM())
     answers = iter(["4", "four (4)", "4!"])
     (out,) = run("best_of_n", ScriptedLM(lambda c: next(answers)), qa_task(), samples=3, rm="fake")
     assert out.answer == "four (4)" and out.calls == 3

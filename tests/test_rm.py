@@ -122,6 +122,30 @@ def test_reward_model_learns_the_rule_on_held_out_pairs(trained_rm):
     ).is_file()  # full fine-tuning: an HF sequence-classification model
 
 
+def test_the_quality_gate_passes_a_good_reward_model(trained_rm):
+    """Right sums vs wrong ones, all one character: the length baselines are at chance, and the
+    bag-of-words baseline (which answers are common sums) is well beaten."""
+    verdict = json.loads((trained_rm / "gate.json").read_text())
+    assert verdict["passed"], verdict["reason"]
+    assert verdict["pairs"] == 120 and verdict["train_pairs"] == 480
+    assert verdict["baselines"]["longer answer"]["mean"] == 0.5
+    assert json.loads((trained_rm / "final" / "gate.json").read_text()) == verdict  # travels with final/
+    assert "## Reward-model gate: PASSED" in (trained_rm / "report.md").read_text()
+
+
+def test_an_older_run_is_gated_on_the_fly_from_its_held_out_pairs(trained_rm, tmp_path):
+    import shutil
+
+    from tunelab.models.rm_gate import check_before_use
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_rm, old, ignore=shutil.ignore_patterns("checkpoints"))
+    (old / "gate.json").unlink()
+    (old / "final" / "gate.json").unlink()  # as a run made before the gate existed
+    verdict = check_before_use(str(old / "final"), strict=True, use="score")
+    assert verdict["passed"] and verdict["pairs"] == 120
+
+
 def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
     from tunelab.models.scorer import RewardScorer
 

@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--batch-size", type=int, default=16, help="answers scored at once (scores do not depend on it)"
     )
+    score.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
+    )
     score.set_defaults(func=cmd_score)
 
     sel = sub.add_parser("select", help="rank models or checkpoints by mean reward on the same prompts")
@@ -189,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
     sel.add_argument("--out", help="write the ranking (and every answer) as JSON here")
     _sampling_args(sel, temperature=0.0)
+    sel.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
+    )
     sel.set_defaults(func=cmd_select)
 
     bon = sub.add_parser("best-of-n", help="sample n answers per prompt, keep the best by reward")
@@ -200,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="folder for a rejection-sampling dataset: sft.jsonl, preference.jsonl, ranked.jsonl"
     )
     _sampling_args(bon, temperature=0.8)
+    bon.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
+    )
     bon.set_defaults(func=cmd_best_of_n)
 
     data = sub.add_parser(

@@ -25,3 +25,24 @@ def faulty(example, completion):
             raise RuntimeError("the scoring service is down")
         return float(kind)  # "nan" or "inf"
     return digits(example, completion)
+
+
+# Scripted signals for the hacking watch (tests reset the counters): a reward that rises with every
+# completion scored, and a held-out measure that follows HELD_SCRIPT, one value per evaluation of
+# HELD_PROMPTS prompts.
+REWARD_CALLS = 0
+HELD_CALLS = 0
+HELD_PROMPTS = 2
+HELD_SCRIPT = [0.2, 0.4, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0]
+
+
+def rising(example, completion):
+    global REWARD_CALLS
+    REWARD_CALLS += 1
+    return REWARD_CALLS / 1000
+
+
+def scripted_heldout(example, completion):
+    global HELD_CALLS
+    HELD_CALLS += 1
+    return HELD_SCRIPT[min((HELD_CALLS - 1) // HELD_PROMPTS, len(HELD_SCRIPT) - 1)]

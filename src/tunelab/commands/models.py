@@ -52,12 +52,21 @@ def _read_prompts(path: str, limit: int | None) -> list[str]:
     return prompts[:limit] if limit else prompts
 
 
+def gated_scorer(args: argparse.Namespace, use: str, **kwargs):
+    """The reward model of `args.rm`, after its quality gate: a warning, or under --strict a refusal."""
+    from tunelab.models.rm_gate import check_before_use
+    from tunelab.models.scorer import RewardScorer
+
+    scorer = RewardScorer(args.rm, **kwargs)
+    check_before_use(args.rm, strict=args.strict, use=use, scorer=scorer)
+    return scorer
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
     from tunelab.data.read import check_dataset
     from tunelab.errors import DataError
-    from tunelab.models.scorer import RewardScorer
 
     rows, problems = check_dataset(args.file, "preference")
     if problems:  # not preference pairs: prompt + completion / answer rows
@@ -67,7 +76,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 problems, len(rows), hint="score takes pairs (prompt + completion) or preference rows"
             )
     quiet_hf()
-    scorer = RewardScorer(args.rm, batch_size=args.batch_size)
+    scorer = gated_scorer(args, "score", batch_size=args.batch_size)
     if "chosen" in rows[0]:
         chosen = scorer.score([(r["prompt"], r["chosen"]) for r in rows])
         rejected = scorer.score([(r["prompt"], r["rejected"]) for r in rows])
@@ -95,13 +104,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tunelab.models.scorer import RewardScorer
     from tunelab.rank import select
 
     prompts = _read_prompts(args.prompts, args.limit)
     quiet_hf()
     ranked = select(
-        RewardScorer(args.rm), args.candidates, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed
+        gated_scorer(args, "select"),
+        args.candidates,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
     )
     table = Table(title=f"candidates ranked by mean reward on {len(prompts)} prompts")
     for col in ("rank", "candidate", "mean reward", "95% interval"):
@@ -123,13 +135,12 @@ def cmd_best_of_n(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from tunelab.models.scorer import RewardScorer
     from tunelab.rank import best_of_n, write_rejection_sampling
 
     prompts = _read_prompts(args.prompts, args.limit)
     quiet_hf()
     results = best_of_n(
-        RewardScorer(args.rm),
+        gated_scorer(args, "best-of-n"),
         args.model,
         prompts,
         n=args.n,

@@ -13,4 +13,12 @@ from tunelab.config.load import (
     read_yaml_text,
 )
 
-__all__ = ["INT_MAX", "SEED_MAX", "Section", "dump_config", "load_config", "parse_overrides", "read_yaml_text"]
+__all__ = [
+    "INT_MAX",
+    "SEED_MAX",
+    "Section",
+    "dump_config",
+    "load_config",
+    "parse_overrides",
+    "read_yaml_text",
+]

@@ -241,6 +241,14 @@ class PretrainConfig(StageConfig):
     )
 
 
+class RMGateSection(Section):
+    strict: bool = Field(
+        False,
+        description="refuse a reward model that did not pass its quality gate (default: warn and use it)",
+    )
+    resamples: int = Field(1000, ge=100, description="bootstrap resamples behind the gate's 95% intervals")
+
+
 class RewardEvalSection(Section):
     rm: str | None = Field(
         None, description="reward model (a `tunelab rm` run's final/) that scores sampled answers"
@@ -283,6 +291,10 @@ class SFTConfig(StageConfig):
         default_factory=TaskEvalSection,
         description="every train.eval_every steps: greedy answers to validation rows, scored with a task's metric (eval_task), stop when it stops improving",
     )
+    rm_gate: RMGateSection = Field(
+        default_factory=RMGateSection,
+        description="the reward model's quality gate before reward_eval uses it",
+    )
 
 
 class RMSection(Section):
@@ -296,6 +308,9 @@ class RMConfig(StageConfig):
         "lora", description="none (full fine-tuning) | lora | dora; the scalar head always trains"
     )
     rm: RMSection = Field(default_factory=RMSection, description="reward-model options")
+    rm_gate: RMGateSection = Field(
+        default_factory=RMGateSection, description="the quality gate run on the held-out pairs at the end"
+    )
     train: TrainSection = Field(
         default_factory=lambda: TrainSection(lr=1e-4, max_len=512), description="the training loop"
     )
@@ -358,6 +373,30 @@ class AlertSection(Section):
     length_growth: float = Field(
         2.0, gt=1, le=1e9, description="alert when completions grow this much and mostly hit the limit"
     )
+    on_hacking: Literal["warn", "stop", "rollback"] = Field(
+        "warn",
+        description="when the hacking watch fires: warn, stop the run, or stop with final/ = the best model by the held-out measure",
+    )
+    hacking_window: int = Field(
+        6, ge=3, description="evaluations the hacking watch's trend tests look at (the last N)"
+    )
+    hacking_level: float = Field(
+        0.05, gt=0, lt=1, description="one-sided level of each trend test (reward up, held-out measure down)"
+    )
+
+
+class WatchSection(Section):
+    metric: str | None = Field(
+        None,
+        description="held-out measure: a reward name scored on greedy answers to held-out prompts (exact, task:NAME, rm:OTHER); default exact when they have answers",
+    )
+    n_prompts: int = Field(16, ge=1, description="held-out prompts answered at each evaluation")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="longest held-out answer; default rollout.max_new_tokens"
+    )
+    final_by: Literal["last", "heldout"] = Field(
+        "last", description="final/: the last step's model, or the best one by the held-out measure"
+    )
 
 
 class RLConfig(StageConfig):
@@ -379,6 +418,13 @@ class RLConfig(StageConfig):
     kl: KLSection = Field(default_factory=KLSection, description="the leash to the starting model")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="sampling")
     alerts: AlertSection = Field(default_factory=AlertSection, description="reward-hacking alarms")
+    watch: WatchSection = Field(
+        default_factory=WatchSection,
+        description="the hacking watch: a held-out measure every train.eval_every steps (held-out prompts: data.eval or data.eval_split)",
+    )
+    rm_gate: RMGateSection = Field(
+        default_factory=RMGateSection, description="the quality gate of a reward=rm: reward model"
+    )
     train: TrainSection = Field(
         default_factory=lambda: TrainSection(
             lr=1e-5, max_steps=50, batch_size=1, warmup=0.0, schedule="constant"
@@ -446,6 +492,10 @@ class PromptingOptions(Section):
     )
     rm: str | None = Field(
         None, description="reward model that picks the best_of_n answer (a `tunelab rm` run)"
+    )
+    rm_strict: bool = Field(
+        False,
+        description="refuse a best_of_n reward model that did not pass its quality gate (default: warn)",
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from tunelab.config import dump_config
 from tunelab.config.schema import EvalConfig
 from tunelab.errors import TunelabError
+from tunelab.eval.bon_check import check_line
 from tunelab.eval.harness import StrategyResult, evaluate
 
 
@@ -112,6 +113,24 @@ def _judge(cfg: EvalConfig, lm, results: list[StrategyResult]) -> dict:
     return {"judge": cfg.judge.model, "baseline": baseline, "comparisons": comparisons}
 
 
+def _check_best_of_n(
+    cfg: EvalConfig, lm, task, rows, results: list[StrategyResult], out: Path
+) -> dict | None:
+    """best_of_n against greedy decoding (zero_shot, run here when it was not asked for) and a random
+    pick of the same n samples (eval/bon_check.py); None when best_of_n did not run."""
+    from tunelab.eval.bon_check import best_of_n_check
+
+    by_name = {r.strategy: r for r in results}
+    if "best_of_n" not in by_name:
+        return None
+    greedy = by_name.get("zero_shot") or evaluate(
+        lm, task, "zero_shot", cfg.prompting, rows, chunk=cfg.eval.batch_size, seed=cfg.seed
+    )
+    checked = best_of_n_check(task, rows, by_name["best_of_n"], greedy, rm=cfg.prompting.rm, seed=cfg.seed)
+    (out / "best_of_n_check.json").write_text(json.dumps(checked, indent=1))
+    return checked
+
+
 def main(cfg: EvalConfig) -> Path:
     from rich.console import Console
 
@@ -166,6 +185,7 @@ def main(cfg: EvalConfig) -> Path:
             with (out / "outputs" / f"{name}.jsonl").open("w") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows)
     judged = _judge(cfg, lm, results) if cfg.judge.model else None
+    checked = _check_best_of_n(cfg, lm, task, rows, results, out)
 
     summary = {"model": cfg.model.name, "task": task.name, "split": cfg.eval.split, "n": len(rows)}
     summary["results"] = [r.summary() for r in results]
@@ -173,7 +193,13 @@ def main(cfg: EvalConfig) -> Path:
         summary["judge"] = judged
         (out / "judge.json").write_text(json.dumps(judged, indent=1))
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "report.md").write_text(_markdown(cfg, task, results, judged))
+    report = _markdown(cfg, task, results, judged)
+    if checked:
+        summary["best_of_n_check"] = checked
+        (out / "results.json").write_text(json.dumps(summary, indent=1))
+        report += f"\n## Best-of-n checked\n\n- {check_line(checked)}\n"
+        console.print(check_line(checked))
+    (out / "report.md").write_text(report)
     table_console().print(
         results_table(task, results, f"{cfg.model.name} on {task.name} ({len(rows)} {cfg.eval.split} rows)")
     )

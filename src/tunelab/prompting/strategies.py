@@ -210,10 +210,14 @@ def self_consistency(
 
 
 @lru_cache(maxsize=2)
-def _reward_scorer(path: str):
+def _reward_scorer(path: str, strict: bool = False):
+    """The reward model, once per path, after its quality gate (a warning, or a refusal when strict)."""
+    from tunelab.models.rm_gate import check_before_use
     from tunelab.models.scorer import RewardScorer
 
-    return RewardScorer(path)
+    scorer = RewardScorer(path)
+    check_before_use(path, strict=strict, use="best_of_n", scorer=scorer)
+    return scorer
 
 
 def best_of_n(lm: LM, task: Task, rows: list[dict], opts: PromptingOptions, seed: int = 0) -> list[Outcome]:
@@ -224,7 +228,7 @@ def best_of_n(lm: LM, task: Task, rows: list[dict], opts: PromptingOptions, seed
         )
     from tunelab.rank import best_first
 
-    scorer = _reward_scorer(opts.rm)
+    scorer = _reward_scorer(opts.rm, opts.rm_strict)
     groups = _sampled(
         lm,
         [[*_system(task), user(task.prompt(r))] for r in rows],

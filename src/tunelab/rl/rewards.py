@@ -67,6 +67,7 @@ def _rm_reward(path: str) -> RewardFn:
     def reward_model(example: dict, completion: str) -> float:
         return scorer.score([(example["prompt"], completion)])[0]
 
+    reward_model.scorer = scorer  # type: ignore[attr-defined]  (the quality gate scores with it)
     reward_model.batch = lambda examples, completions: scorer.score(  # type: ignore[attr-defined]
         [(e["prompt"], c) for e, c in zip(examples, completions, strict=True)]
     )

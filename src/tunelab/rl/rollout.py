@@ -33,6 +33,7 @@ from tunelab.models.capability import takes_4d_mask
 from tunelab.models.forward import layout_logprobs, logprobs_of
 from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.rl.algos import ALGOS
+from tunelab.rl.watch import copy_share
 from tunelab.train.dist import SINGLE
 
 
@@ -147,6 +148,7 @@ class RolloutSource:
         self.samples_written = 0
         self.buffer: tuple[tuple[int, int], RolloutBatch] | None = None  # (epoch, step), its rollout
         self.dist = SINGLE
+        self.hacking = None  # a HackingWatch (rl/watch.py) sees every rollout's statistics
 
     def state_dict(self) -> dict:
         """What an exact resume needs besides the data position, which the loop keeps: the alerts' baseline
@@ -157,11 +159,14 @@ class RolloutSource:
             "alerts": self.alerts,
             "samples_written": self.samples_written,
             "buffer": self.buffer,
+            "hacking": self.hacking.state_dict() if self.hacking is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.first, self.alerts, self.buffer = state["first"], state["alerts"], state["buffer"]
         self.samples_written = state["samples_written"]
+        if self.hacking is not None and state.get("hacking") is not None:
+            self.hacking.load_state_dict(state["hacking"])
         if self.samples_path is not None and self.dist.is_main and self.samples_path.exists():
             # bytes split at b"\n": a completion may hold U+2028, which str.splitlines() would split at
             kept = self.samples_path.read_bytes().split(b"\n")[: self.samples_written]
@@ -269,6 +274,8 @@ class RolloutSource:
         batch = self.to_batch(sampled, scored)
         self.policy.train()
         self.watch(batch.stats)
+        if self.hacking is not None:
+            self.hacking.record_step(batch.stats)
         self.write_samples(scored.examples, sampled.completions, batch.rewards.tolist())
         return batch
 
@@ -383,6 +390,7 @@ class RolloutSource:
             "entropy": float(entropy.mean()),
             "completion_len": sum(sampled.lengths) / len(sampled.lengths),
             "stopped_share": sum(sampled.stopped) / len(sampled.stopped),
+            "copy_share": copy_share(scored.examples, sampled.completions),
             "zero_var_groups": P.zero_variance_share(everyone, G) if G > 1 else 0.0,
             "time_generate_s": sampled.time_s,
             "time_score_s": scored.time_s,

@@ -10,6 +10,7 @@ import torch
 
 from tunelab.config.schema import StageConfig
 from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
+from tunelab.data.split import split_holdout  # noqa: F401  (stages import it from here)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,14 +93,3 @@ def render_rows(rows: list[dict], tok, cfg: StageConfig) -> tuple[list[Tokenized
         items.append(fitted)
     stats.kept = len(items)
     return items, stats
-
-
-def split_holdout(rows: list, share: float, seed: int) -> tuple[list, list]:
-    """(train, held-out): a seeded random `share` of rows held out."""
-    if share <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(share * len(rows)))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

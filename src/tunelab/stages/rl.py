@@ -25,7 +25,7 @@ from tunelab.models.forward import layout_logprobs
 from tunelab.rl.algos import ALGOS
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutBatch, RolloutSource
-from tunelab.stages.common import prepare_model, render_options
+from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
 from tunelab.train.run_folder import default_run_dir
@@ -89,7 +89,11 @@ def main(cfg: RLConfig) -> Path:
     algo = pick(ALGOS, cfg.algo, "algo")
     pick(P.KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
     rows = read_dataset(cfg.data.train, "prompts")
+    held_rows = read_dataset(cfg.data.eval, "prompts") if cfg.data.eval else []
+    if not held_rows:
+        rows, held_rows = split_holdout(rows, cfg.data.eval_split, cfg.seed)
     reward = build_reward(cfg.reward)
+    gate_reward_models(reward, cfg)
     if algo.needs_group and cfg.rl.group < 2:
         raise TunelabError(f"algo={cfg.algo} compares samples of the same prompt: set rl.group >= 2.")
     model, tok = prepare_model(cfg)
@@ -115,6 +119,9 @@ def main(cfg: RLConfig) -> Path:
         samples_path=run_dir / "samples.jsonl",
         opts=render_options(cfg),
     )
+    evaluator = hacking_watch(cfg, held_rows, reward, tok)
+    if evaluator is not None:
+        source.hacking = evaluator.watch
     if cfg.rollout.backend == "vllm":
         from tunelab.rl.vllm_backend import VLLMSampler
 
@@ -133,12 +140,62 @@ def main(cfg: RLConfig) -> Path:
         make_loss_fn(cfg, value_head),
         cfg,
         stage="rl",
+        evaluators=[evaluator] if evaluator is not None else None,
         report=report,
         unit="completion tokens",
     )
     if main_process():
         _append_rl_report(run, source)
     return run
+
+
+def gate_reward_models(reward, cfg: RLConfig) -> None:
+    """Every reward=rm: model passes its quality gate first (a warning, or refused under rm_gate.strict)."""
+    from tunelab.models.rm_gate import check_before_use
+
+    for name, _, fn in reward.sources:
+        if name.startswith("rm:"):
+            check_before_use(name[3:], strict=cfg.rm_gate.strict, use="reward=rm: in RL", scorer=fn.scorer)
+
+
+def hacking_watch(cfg: RLConfig, held_rows: list[dict], reward, tok):
+    """The held-out measure the watch compares the reward with (rl/watch.py), or None (with a warning
+    when the reward is a learnt model) when there are no held-out prompts or nothing to score them by."""
+    import sys
+
+    from tunelab.rl.watch import HackingWatch, HeldOutMeasure
+
+    learnt = any(name.startswith("rm:") for name, _, _ in reward.sources)
+    metric = cfg.watch.metric
+    if metric is None and held_rows and all("answer" in r or "reference" in r for r in held_rows):
+        metric = "exact"
+    if not held_rows or metric is None:
+        if learnt:
+            print(
+                "warning: reward hacking is not watched: give held-out prompts (data.eval or data.eval_split) "
+                "and watch.metric (a task metric, or rm:OTHER as a second judge).",
+                file=sys.stderr,
+            )
+        return None
+    if not cfg.train.eval_every:
+        raise TunelabError(
+            "The hacking watch measures held-out prompts every train.eval_every steps: set it."
+        )
+    if cfg.alerts.on_hacking == "rollback" or cfg.watch.final_by == "heldout":
+        # the loop's early stopping keeps the best model by the measure in best/ and makes it final/;
+        # a patience this long never stops the run by itself
+        es = cfg.train.early_stop
+        es.metric, es.mode, es.patience = "eval_heldout", "max", 10**9
+    watch = HackingWatch(cfg.alerts.hacking_window, cfg.alerts.hacking_level, cfg.alerts.on_hacking)
+    return HeldOutMeasure(
+        watch,
+        held_rows[: cfg.watch.n_prompts],
+        build_reward(metric),
+        tok,
+        render_options(cfg),
+        cfg.watch.max_new_tokens or cfg.rollout.max_new_tokens,
+        cfg.rl.ppo_epochs / cfg.train.grad_accum,
+    )
 
 
 def _append_rl_report(run: Path, source: RolloutSource) -> None:
@@ -167,7 +224,17 @@ def _append_rl_report(run: Path, source: RolloutSource) -> None:
             f"- time per step: {t['step_s']:.2f} s = generate {t['time_generate_s']:.2f} + score "
             f"{t['time_score_s']:.2f} + train {t['step_s'] - t['time_generate_s'] - t['time_score_s']:.2f}"
         )
-    lines += [f"- alerts: {len(source.alerts)}"] + [f"  - {a['text']}" for a in source.alerts[:10]]
+    watch = source.hacking
+    if watch is not None and watch.history:
+        best = max(watch.history, key=lambda h: h["heldout"])
+        lines.append(
+            f"- held-out measure: {watch.history[0]['heldout']:.3f} (step {watch.history[0]['step']}) -> "
+            f"{watch.history[-1]['heldout']:.3f} (step {watch.history[-1]['step']}), best {best['heldout']:.3f} "
+            f"at step {best['step']}; hacking watch "
+            + (f"FIRED at step {watch.fired_at} (action {watch.action})" if watch.fired_at else "quiet")
+        )
+    alerts = source.alerts + (watch.alerts if watch is not None else [])
+    lines += [f"- alerts: {len(alerts)}"] + [f"  - {a['text']}" for a in alerts[:10]]
     lines.append("- samples: `samples.jsonl` (prompt, completion, reward)")
     with (run / "report.md").open("a") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,13 +4,15 @@ the last real token; full fine-tuning or LoRA (the head always trains).
     tunelab rm configs/rm.yaml data.train=prefs.jsonl
 
 After training, held-out pairs give accuracy, mean margin and a calibration plot
-(predicted P(x > y) against how often x really was the chosen one).
+(predicted P(x > y) against how often x really was the chosen one), and the quality gate
+(models/rm_gate.py): accuracy against null baselines on the same pairs, saved as gate.json.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +25,8 @@ from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.reward import layout_rewards
+from tunelab.models import rm_gate
+
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
@@ -150,6 +154,7 @@ def main(cfg: RMConfig) -> Path:
     )
     if eval_batches and (run / "final").exists():
         calib = calibration(model, eval_batches, cfg.seed)  # every rank: forwards are collective under FSDP
+        verdict = quality_gate(model, tok, cfg, rows, held_rows)
         if not main_process():
             return run
         (run / "calibration.json").write_text(json.dumps(calib, indent=1))
@@ -166,4 +171,21 @@ def main(cfg: RMConfig) -> Path:
                 f"- calibration: expected calibration error {calib['ece']:.3f} over {calib['pairs']} pairs "
                 "(plots/calibration.png, calibration.json)\n"
             )
+            f.write("\n" + rm_gate.markdown(verdict))
+        rm_gate.save_verdict(verdict, run)
+        if not verdict["passed"]:
+            print(
+                f"warning: the reward model did not pass its quality gate: {verdict['reason']}",
+                file=sys.stderr,
+            )
     return run
+
+
+def quality_gate(model, tok, cfg: RMConfig, rows: list[dict], held_rows: list[dict]) -> dict:
+    """The gate's verdict on the held-out pairs, scored as every later use will score them."""
+    from tunelab.models.scorer import RewardScorer
+
+    scorer = RewardScorer("", model=model, tok=tok, opts=render_options(cfg), batch_size=cfg.train.batch_size)
+    verdict = rm_gate.run_gate(scorer, held_rows, rows, seed=cfg.seed, resamples=cfg.rm_gate.resamples)
+    model.train()
+    return verdict

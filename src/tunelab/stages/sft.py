@@ -86,6 +86,7 @@ def main(cfg: SFTConfig) -> Path:
 def reward_evaluator(cfg: SFTConfig, tok, held_rows: list[dict]):
     """Stop SFT at the right time: the mean reward of answers to held-out prompts, watched by early stopping."""
     from tunelab.models.generation import generate
+    from tunelab.models.rm_gate import check_before_use
     from tunelab.models.scorer import RewardScorer
     from tunelab.stages.common import render_options
 
@@ -102,6 +103,7 @@ def reward_evaluator(cfg: SFTConfig, tok, held_rows: list[dict]):
     if not cfg.train.eval_every:
         raise TunelabError("reward_eval runs at each evaluation: set train.eval_every=N.")
     scorer = RewardScorer(re.rm)
+    check_before_use(re.rm, strict=cfg.rm_gate.strict, use="reward_eval", scorer=scorer)
     es = cfg.train.early_stop
     es.metric, es.mode, es.patience = "eval_reward", "max", re.patience
     opts = render_options(cfg)

@@ -172,6 +172,8 @@ def train(
             if due_eval:
                 row.update(_eval_metrics(model, unwrapped, loss_fn, eval_batches, evaluators))
                 stopped_early = _early_stopping(row, state, cfg, unwrapped, tok, run_dir, console, dist)
+                # an evaluator may end the run (the RL hacking watch: alerts.on_hacking stop | rollback)
+                stopped_early |= any(getattr(e, "stop_requested", False) for e in evaluators or [])
             del row["units"]
             if dist.is_main and (state.step % tc.log_every == 0 or due_eval or state.step == total):
                 log.write(row)
