@@ -9,8 +9,8 @@ import torch
 from conftest import write_jsonl
 
 from tunelab.config import load_config
-from tunelab.errors import TunelabError
 from tunelab.config.schema import RMConfig, SFTConfig
+from tunelab.errors import TunelabError
 from tunelab.stages import rm, sft
 
 PAIRS = [

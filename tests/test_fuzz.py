@@ -20,9 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunelab.config import load_config, parse_overrides
-from tunelab.data.read import KINDS, check_dataset
-from tunelab.errors import TunelabError
-from tunelab.label.project import load_project
 from tunelab.config.schema import (
     DPOConfig,
     EvalConfig,
@@ -32,6 +29,9 @@ from tunelab.config.schema import (
     RMConfig,
     SFTConfig,
 )
+from tunelab.data.read import KINDS, check_dataset
+from tunelab.errors import TunelabError
+from tunelab.label.project import load_project
 
 EXAMPLES = int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

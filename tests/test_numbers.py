@@ -9,14 +9,14 @@ import annotated_types as at
 import pytest
 from pydantic import ValidationError
 
+import tunelab.config.schema
 import tunelab.data.prep.config
 import tunelab.label.project
 import tunelab.prompting.strategies
-import tunelab.config.schema
 import tunelab.tasks.task  # noqa: F401  (imported for their config classes)
 from tunelab.config import SEED_MAX, Section, load_config
-from tunelab.errors import TunelabError
 from tunelab.config.schema import RLConfig, SFTConfig
+from tunelab.errors import TunelabError
 
 
 def _subclasses(cls):

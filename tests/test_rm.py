@@ -228,6 +228,17 @@ def test_lora_reward_model_trains_head_and_adapter(tmp_path):
     assert len(RewardScorer(str(run / "final")).score([("1+1=", "2")])) == 1
 
 
+def test_a_finished_reward_model_run_rerun_as_it_was_adds_nothing_to_its_report(tmp_path):
+    data = write_jsonl(tmp_path / "sums.jsonl", sums(40))
+    args = ["model=tiny:llama", f"data.train={data}", f"out={tmp_path / 'run'}", "data.eval_split=0.2"]
+    args += ["train.max_steps=2", "train.batch_size=8"]
+    run = rm.main(load_config(RMConfig, None, args))
+    report = (run / "report.md").read_text()
+    assert report.count("## Reward model on held-out pairs") == 1
+    rm.main(load_config(RMConfig, None, args))  # nothing to train: nothing may be rewritten or appended
+    assert (run / "report.md").read_text() == report
+
+
 def test_bad_reward_model_inputs(tmp_path):
     with pytest.raises(TunelabError, match="adapter=none, lora or dora"):
         rm.main(

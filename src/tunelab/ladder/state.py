@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tunelab.errors import TunelabError
 from tunelab.config.schema import LadderConfig
+from tunelab.errors import TunelabError
 
 
 @dataclass

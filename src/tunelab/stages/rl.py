@@ -11,6 +11,7 @@ is the policy with its adapter switched off, or a frozen copy for full fine-tuni
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from tunelab.rl.rollout import RolloutBatch, RolloutSource
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
-from tunelab.train.run_folder import default_run_dir
+from tunelab.train.run_folder import default_run_dir, trained_now
 
 
 def make_loss_fn(cfg: RLConfig, value_head=None):
@@ -133,6 +134,7 @@ def main(cfg: RLConfig) -> Path:
         "kl": f"beta {cfg.kl.beta}, {cfg.kl.mode}, estimator {cfg.kl.estimator}",
         "step": f"{cfg.rl.prompts_per_step} prompts x {cfg.rl.group} completions, up to {cfg.rollout.max_new_tokens} new tokens",
     }
+    started = time.time()
     run = train(
         model,
         tok,
@@ -144,7 +146,7 @@ def main(cfg: RLConfig) -> Path:
         report=report,
         unit="completion tokens",
     )
-    if main_process():
+    if main_process() and trained_now(run, started):
         _append_rl_report(run, source)
     return run
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,13 +24,13 @@ from tunelab.data.pairs import PairBatch, collate_pairs, pair_batches, render_pr
 from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
+from tunelab.models import rm_gate
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.reward import layout_rewards
-from tunelab.models import rm_gate
-
 from tunelab.stages.common import prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
+from tunelab.train.run_folder import trained_now
 
 
 def make_loss_fn(center: float = 0.0):
@@ -141,6 +142,7 @@ def main(cfg: RMConfig) -> Path:
         eval_batches = train_batches(held, tok, cfg, packed, training=False).all()
         report["eval pairs"] = len(held)
     batches = train_batches(pairs, tok, cfg, packed)
+    started = time.time()
     run = train(
         model,
         tok,
@@ -152,7 +154,7 @@ def main(cfg: RMConfig) -> Path:
         report=report,
         unit="pairs",
     )
-    if eval_batches and (run / "final").exists():
+    if eval_batches and (run / "final").exists() and trained_now(run, started):
         calib = calibration(model, eval_batches, cfg.seed)  # every rank: forwards are collective under FSDP
         verdict = quality_gate(model, tok, cfg, rows, held_rows)
         if not main_process():

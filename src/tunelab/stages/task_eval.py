@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunelab.errors import TunelabError
 from tunelab.config.schema import SFTConfig
+from tunelab.errors import TunelabError
 
 
 def task_evaluator(cfg: SFTConfig, tok):

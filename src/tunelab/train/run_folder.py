@@ -134,3 +134,10 @@ def write_summary(run_dir: Path, cfg: StageConfig, summary: dict, n_params: tupl
     with writing(f"the report {run_dir / 'report.md'}", run_dir):
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         write_report(run_dir, cfg, n_params, summary, data)
+
+
+def trained_now(run_dir: Path, since: float) -> bool:
+    """Whether a train() started at `since` (time.time()) wrote the run's report: a finished run rerun
+    as it was trains nothing and rewrites nothing, and then neither may a stage's own report section."""
+    report = run_dir / "report.md"
+    return report.is_file() and report.stat().st_mtime >= since
