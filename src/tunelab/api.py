@@ -276,6 +276,9 @@ def run_stage(stage: str, config: str | Path | dict | None = None, **keys) -> Ru
 
     quiet_hf()
     module = "tunelab.ladder.run" if stage == "ladder" else STAGES[stage][1]
+    from tunelab.stages.names import check_names
+
+    check_names(cfg)  # as the command line does: every variant name, before any data is read
     folder = Path(importlib.import_module(module).main(cfg))
     return Run(stage=stage, folder=folder, config=cfg.model_dump(mode="json"))
 

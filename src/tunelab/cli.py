@@ -82,6 +82,9 @@ def stage_command(stage: str):
         schema = importlib.import_module("tunelab.config.schema")
         cfg = load_config(getattr(schema, STAGES[stage][0]), path, overrides)
         quiet_hf()
+        from tunelab.stages.names import check_names
+
+        check_names(cfg)  # every variant name, before any data is read
         importlib.import_module(STAGES[stage][1]).main(cfg)
         return 0
 
