@@ -118,7 +118,7 @@ def test_a_bad_key_raises_the_clis_message_and_never_exits(tmp_path, cli):
     code, _, err = cli("sft", "model=tiny:llama", "train.lrr=1e-3", f"out={tmp_path / 'x'}")
     assert code == 2 and err.strip() == f"tunelab sft: error: {caught.value}"
     assert "unknown key 'train.lrr'. Did you mean 'train.lr'?" in str(caught.value)
-    with pytest.raises(tunelab.TunelabError, match="'adapter'"):
+    with pytest.raises(tunelab.TunelabError, match="adapter='lorra' is not one of"):
         tunelab.sft(model="tiny:llama", adapter="lorra", out=str(tmp_path / "x"))
     with pytest.raises(tunelab.TunelabError, match="lr"):
         tunelab.sft(**{"model": "tiny:llama", "train.lr": -1.0}, out=str(tmp_path / "x"))
