@@ -11,7 +11,8 @@ batch (`last`, sums of log-probs, rewards) is in that order.
 
 *Padded*: one row per continuation, `prompt + continuation`, right-padded; a 2-D attention mask.
 *Packed*: segments end to end in rows of at most `max_len` positions (a segment longer than that gets a
-row of its own), each prompt once, followed by its continuations; a 4-D mask (R, 1, T, T) lets a token
+row of its own; rows are capped at the longest segment instead when that takes fewer positions), each
+prompt once, followed by its continuations; a 4-D mask (R, 1, T, T) lets a token
 see the earlier tokens of its own prompt and its own continuation only, and position ids continue each
 prompt into each of its continuations. Every token then has exactly the keys and positions it has in
 its padded row, so the two layouts give the same log-probs, rewards and gradients up to float
@@ -93,6 +94,20 @@ def _rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
+def _cheapest_rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
+    """Rows capped at the longest segment or at `max_len`, whichever holds the batch in fewer positions
+    (rows x longest row; ties: the shorter rows). Capped at the longest segment, packing never makes a
+    row longer than padding would (the attention is dense over a row); a larger cap fills rows with
+    many short segments."""
+    length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
+    caps = sorted({max(length), *([max_len] if max_len is not None and max_len > max(length) else [])})
+
+    def positions(rows):
+        return len(rows) * max(sum(length[i] for i in row) for row in rows)
+
+    return min((_rows(segments, cap) for cap in caps), key=positions)  # min keeps the first of equals
+
+
 def lay_out(segments: list[Segment], pad_id: int, *, packed: bool, max_len: int | None = None) -> Layout:
     """The segments as one batch, packed (rows of at most `max_len` positions) or padded."""
     if packed:
@@ -135,7 +150,7 @@ def _padded(segments: list[Segment], pad_id: int) -> Layout:
 
 
 def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout:
-    rows = _rows(segments, max_len)
+    rows = _cheapest_rows(segments, max_len)
     lengths = [
         sum(len(segments[i].prompt) + sum(map(len, segments[i].continuations)) for i in row) for row in rows
     ]
