@@ -60,9 +60,9 @@ QUICKSTART = [  # budgets that fit `make demo` in 15 minutes on a 2-core CPU, se
     *(  # each training rung stops on its validation metric; steps and seconds are caps
         f"{rung}.{key}={value}"
         for rung in ("prompt_tuning", "lora", "full")
-        for key, value in (("steps", 40), ("seconds", 150), ("eval_every", 4), ("patience", 2))
+        for key, value in (("steps", 40), ("seconds", 150), ("eval_every", 4), ("patience", 3))
     ),
-    "validation.rows=16",
+    "validation.rows=32",  # 16 rows and patience 2 stopped LoRA on one noisy row (docs/ladder.md)
     "eval.limit=100",
     "eval.train_limit=8",
     "out=runs/quickstart",
