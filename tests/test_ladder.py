@@ -57,8 +57,15 @@ def test_every_rung_reports_quality_and_cost(ladder_run):
     results = json.loads((out / "results.json").read_text())
     rungs = {r["name"]: r for r in results["rungs"]}
     assert list(rungs) == ["zero_shot", "few_shot", "lora", "full", "best_of_n", "rl"]
-    assert all(r["status"] == "ok" for r in rungs.values()), {n: r["error"] for n, r in rungs.items()}
-    for r in rungs.values():
+    # best-of-n uses its reward model only if the quality gate passes it; else the rung fails saying so
+    bon = rungs["best_of_n"]
+    if bon["status"] == "ok":
+        assert any("vs greedy" in note and "vs random pick" in note for note in bon["notes"]), bon["notes"]
+    else:
+        assert "gate" in bon["error"] or "baseline" in bon["error"], bon["error"]
+    ok = {n: r for n, r in rungs.items() if r["status"] == "ok"}
+    assert set(rungs) - set(ok) <= {"best_of_n"}, {n: r["error"] for n, r in rungs.items()}
+    for r in ok.values():
         m, d, costs = r["metric"], r["vs_best"], r["costs"]
         assert m["low"] <= m["value"] <= m["high"] and r["tokens_per_example"] > 0
         assert d["low"] <= d["diff"] <= d["high"] and d["diff"] <= 0  # the best rung is 0 [0, 0]
@@ -79,7 +86,7 @@ def test_every_rung_reports_quality_and_cost(ladder_run):
         assert rungs[name]["perplexity"] > 0 and rungs[name]["train_metric"] is not None
         assert rungs[name]["retention"] is not None
     assert results["base"]["perplexity"] > 0
-    assert rungs["best_of_n"]["notes"][0].startswith("policy: base")
+    assert bon["status"] != "ok" or bon["notes"][0].startswith("policy: base")
     assert (out / "runs" / "lora" / "final" / "adapter_config.json").is_file()
     assert (out / "runs" / "rl" / "final" / "adapter_config.json").is_file()
     assert (out / "data" / "preference.jsonl").is_file()

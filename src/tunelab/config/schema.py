@@ -246,7 +246,9 @@ class RMGateSection(Section):
         False,
         description="refuse a reward model that did not pass its quality gate (default: warn and use it)",
     )
-    resamples: int = Field(1000, ge=100, description="bootstrap resamples behind the gate's 95% intervals")
+    resamples: int = Field(
+        1000, ge=100, le=1_000_000, description="bootstrap resamples behind the gate's 95% intervals"
+    )
 
 
 class RewardEvalSection(Section):
@@ -378,7 +380,7 @@ class AlertSection(Section):
         description="when the hacking watch fires: warn, stop the run, or stop with final/ = the best model by the held-out measure",
     )
     hacking_window: int = Field(
-        6, ge=3, description="evaluations the hacking watch's trend tests look at (the last N)"
+        6, ge=3, le=10_000, description="evaluations the hacking watch's trend tests look at (the last N)"
     )
     hacking_level: float = Field(
         0.05, gt=0, lt=1, description="one-sided level of each trend test (reward up, held-out measure down)"
@@ -390,9 +392,11 @@ class WatchSection(Section):
         None,
         description="held-out measure: a reward name scored on greedy answers to held-out prompts (exact, task:NAME, rm:OTHER); default exact when they have answers",
     )
-    n_prompts: int = Field(16, ge=1, description="held-out prompts answered at each evaluation")
+    n_prompts: int = Field(
+        16, ge=1, le=1_000_000_000, description="held-out prompts answered at each evaluation"
+    )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="longest held-out answer; default rollout.max_new_tokens"
+        None, ge=1, le=65_536, description="longest held-out answer; default rollout.max_new_tokens"
     )
     final_by: Literal["last", "heldout"] = Field(
         "last", description="final/: the last step's model, or the best one by the held-out measure"

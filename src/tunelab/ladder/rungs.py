@@ -245,6 +245,7 @@ def best_of_n(ladder: Ladder) -> RungResult:
         f"train.lr={bon.rm.lr}",
         f"train.batch_size={bon.rm.batch_size}",
         f"train.max_len={cfg.max_len}",
+        "data.eval_split=0.25",  # held-out pairs: the quality gate at the end of `tunelab rm` needs them
         f"seed={cfg.seed}",
     ]
     run_dir = ladder.train_child(result, "rm", overrides, bon.rm.steps, name="reward_model")
@@ -252,9 +253,17 @@ def best_of_n(ladder: Ladder) -> RungResult:
         result.train_seconds += start_rung.train_seconds
         result.train_cpu_s += start_rung.train_cpu_s
         result.stored_bytes += start_rung.stored_bytes
-    opts = cfg.prompting.model_copy(update={"rm": str(run_dir / "final"), "samples": bon.samples})
+    from tunelab.eval.bon_check import best_of_n_check, check_line
 
-    ladder.record(result, ladder.evaluate(policy, "best_of_n", ladder.rows, opts))
+    rm = str(run_dir / "final")
+    # a reward model that is not clearly better than the null baselines is refused (the rung fails with why)
+    opts = cfg.prompting.model_copy(update={"rm": rm, "samples": bon.samples, "rm_strict": True})
+    evaluated = ladder.evaluate(policy, "best_of_n", ladder.rows, opts)
+    ladder.record(result, evaluated)
+    greedy = ladder.evaluate(policy, "zero_shot", ladder.rows)  # best-of-n must beat this, and a random pick
+    result.notes.append(
+        check_line(best_of_n_check(ladder.task, ladder.rows, evaluated, greedy, rm=rm, seed=cfg.seed))
+    )
     source = start_rung or ladder.base
     result.perplexity, result.retention = source.perplexity, source.retention
     result.notes.append(

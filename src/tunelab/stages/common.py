@@ -29,7 +29,7 @@ def prepare_model(cfg: StageConfig, head: str = "lm"):
     from tunelab.train import sharded_load
 
     if sharded_load.applies(cfg, head):  # FSDP: each rank reads only its shards (no full copy anywhere)
-        return sharded_load.load_sharded(cfg)
+        return sharded_load.load_sharded(cfg, spec)
     model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
     return attach_adapter(model, tok, spec), tok
 

@@ -70,8 +70,9 @@ def _weight_files(folder: Path) -> dict[str, Path]:
         return {name: single for name in f.keys()}
 
 
-def load_sharded(cfg):
-    """(model sharded with FSDP2, every rank holding only its shards, tokenizer)."""
+def load_sharded(cfg, spec):
+    """(model sharded with FSDP2, every rank holding only its shards, tokenizer); `spec`: the adapter
+    (models.adapters.AdapterSpec) attached to the empty skeleton before it is sharded."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -93,7 +94,7 @@ def load_sharded(cfg):
         model.config._name_or_path = model.name_or_path = cfg.model.name
     model.eval()
     rng = torch.get_rng_state()  # where peft starts drawing the adapter's weights
-    model = attach_adapter(model, tok, cfg)
+    model = attach_adapter(model, tok, spec)
     buffers = {name: b.clone() for name, b in model.named_buffers() if b.device.type != "meta"}
     if dist.world > 1:  # one process: no process group to shard over; the weights go straight to the device
         shard_model(model)
