@@ -81,16 +81,19 @@ def test_every_rung_reports_quality_and_cost(ladder_run):
     assert 0 < lora["stored_bytes"] < full["stored_bytes"]  # and stores a few KB instead of the model
     assert lora["peak_memory_mb"] > 0 and lora["plan_memory_mb"] > 0 and lora["costs"]["train_cpu_s"] > 0
     assert lora["steps_run"] == 2 and lora["stopped"] == "steps"  # the cap, before any plateau
-    assert len(lora["seed_metrics"]) == 2 and (out / "runs" / "lora-seed1" / "final").is_dir()
+    assert len(lora["seed_metrics"]) == 2 and (out / "runs" / "lora-seed1.cmd").is_file()
     for name in ("lora", "full", "rl"):  # forgetting and over-fitting measured for trained rungs
         assert rungs[name]["perplexity"] > 0 and rungs[name]["train_metric"] is not None
         assert rungs[name]["retention"] is not None
     assert results["base"]["perplexity"] > 0
     assert bon["status"] != "ok" or bon["notes"][0].startswith("policy: base")
-    assert (out / "runs" / "lora" / "final" / "adapter_config.json").is_file()
-    assert (out / "runs" / "rl" / "final" / "adapter_config.json").is_file()
-    assert (out / "data" / "preference.jsonl").is_file()
     rec = results["recommendation"]
+    # the report needs no checkpoints and only the recommended rung's model (each rung's .cmd retrains it)
+    assert not list((out / "runs").glob("*/checkpoints")) and not list((out / "runs").glob("*/best"))
+    kept = sorted(p.parent.name for p in (out / "runs").glob("*/final"))
+    assert kept == ([rec["rung"]] if rec["rung"] in {"lora", "full", "prompt_tuning", "rl"} else []), kept
+    assert (out / "runs" / "lora.cmd").is_file() and (out / "runs" / "rl.cmd").is_file()
+    assert (out / "data" / "preference.jsonl").is_file()
     assert rec["rung"] in rungs and rec["why"].startswith(rec["rung"])
 
 
@@ -115,7 +118,7 @@ def test_learning_curves_run_each_fraction(ladder_run):
     points = results["curves"]["lora"]
     assert [p["rows"] for p in points] == [12, 24]  # half and all of the 24 rows trained on
     assert all(p["metric"]["low"] <= p["metric"]["value"] <= p["metric"]["high"] for p in points)
-    assert (out / "runs" / "lora-rows12" / "final").is_dir() and not (out / "runs" / "lora-rows24").exists()
+    assert (out / "runs" / "lora-rows12.cmd").is_file() and not (out / "runs" / "lora-rows24").exists()
     assert "Learning curves" in (out / "report.md").read_text()
 
 

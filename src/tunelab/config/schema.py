@@ -747,6 +747,10 @@ class LadderConfig(Section):
         1, ge=1, le=1000, description="train every training rung with this many seeds (spread reported)"
     )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for every rung")
+    keep_models: Literal["recommended", "all"] = Field(
+        "recommended",
+        description="trained models kept when the ladder ends: the recommended rung's (each rung's runs/<rung>.cmd retrains it), or all; checkpoints never",
+    )
     out: str | None = Field(None, description="report folder; default runs/ladder-<time>")
 
     _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))

@@ -92,6 +92,32 @@ def main(cfg: LadderConfig) -> Path:
             except Exception as exc:  # the curves are extra: the table and decision still stand
                 console.print(f"  [red]learning curves failed[/]: {type(exc).__name__}: {exc}")
     paths = write_report(ladder)
+    freed = tidy(ladder.out, cfg.keep_models)
     print_table(ladder, Console())
-    console.print(f"report: {paths['html'].resolve()}")
+    console.print(
+        f"report: {paths['html'].resolve()}  ({freed / 2**20:,.0f} MB of checkpoints and unused models removed)"
+    )
     return ladder.out
+
+
+def tidy(out: Path, keep_models: str) -> int:
+    """Remove what the report does not need from the rungs' run folders: every checkpoint (the
+    optimizer state of a full fine-tuning rung alone is 1 GB) and, unless keep_models=all, the trained
+    models of every rung but the recommended one (each rung's `runs/<rung>.cmd` retrains it). Bytes freed."""
+    import shutil
+
+    try:
+        pick = json.loads((out / "results.json").read_text())["recommendation"]["rung"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pick = None
+    freed = 0
+    for run in sorted((out / "runs").glob("*/")):
+        doomed = ["checkpoints", "best"] + (
+            [] if keep_models == "all" or run.name == pick else ["final", "merged"]
+        )
+        for name in doomed:
+            folder = run / name
+            if folder.is_dir():
+                freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                shutil.rmtree(folder, ignore_errors=True)
+    return freed
