@@ -58,7 +58,8 @@ def _run(command: str, work: Path, env: dict, zygote) -> tuple[int, str]:
     return out.returncode, out.stderr + out.stdout
 
 
-def test_every_documented_command_runs(tmp_path, zygote):
+def _fresh_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of what a clone ships, with the venv where `source .venv/bin/activate` finds it."""
     work = tmp_path / "repo"
     work.mkdir()
     for name in SHIPPED:
@@ -67,7 +68,7 @@ def test_every_documented_command_runs(tmp_path, zygote):
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("results", "__pycache__"))
         elif src.exists():
             shutil.copy(src, work / name)
-    (work / ".venv").symlink_to(Path(sys.executable).parents[1])  # `source .venv/bin/activate` works
+    (work / ".venv").symlink_to(Path(sys.executable).parents[1])
     venv_bin = str(Path(sys.executable).parent)
     env = dict(
         os.environ,
@@ -75,8 +76,13 @@ def test_every_documented_command_runs(tmp_path, zygote):
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
     )
+    return work, env
+
+
+def run_pages(pages: list[Path], work: Path, env: dict, zygote) -> tuple[int, list[str]]:
+    """Run every command of `pages` in order in `work`: (commands run, what failed and how)."""
     failures, ran = [], 0
-    for page in PAGES:
+    for page in pages:
         for block in shell_blocks(page):
             if block.skip:
                 continue
@@ -90,9 +96,27 @@ def test_every_documented_command_runs(tmp_path, zygote):
                     failures.append(
                         f"{page.name}:{block.line}: `{command}` exited {code}, not {status}\n{output[-1500:]}"
                     )
+    return ran, failures
+
+
+def test_every_documented_command_runs(tmp_path, zygote):
+    work, env = _fresh_copy(tmp_path)
+    ran, failures = run_pages(PAGES, work, env, zygote)
     print(f"\n{ran} documented commands ran")
     assert not failures, f"{len(failures)} of {ran} documented commands failed:\n\n" + "\n\n".join(failures)
     assert ran >= 10
+
+
+def test_a_documented_command_broken_on_purpose_fails_the_check(tmp_path, zygote):
+    work, env = _fresh_copy(tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text("```bash\ntunelab sft configs/sft.yaml train.lrr=1e-5 out=runs/x\necho fine\n```\n")
+    ran, failures = run_pages([page], work, env, zygote)
+    assert ran == 2 and len(failures) == 1
+    assert (
+        "page.md:1: `tunelab sft configs/sft.yaml train.lrr=1e-5 out=runs/x` exited 2, not 0" in failures[0]
+    )
+    assert "Did you mean 'train.lr'?" in failures[0]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
