@@ -65,6 +65,7 @@ QUICKSTART = [  # budgets that fit `make demo` in 15 minutes on a 2-core CPU, se
     "validation.rows=32",  # 16 rows and patience 2 stopped LoRA on one noisy row (docs/ladder.md)
     "eval.limit=100",
     "eval.train_limit=8",
+    "keep_models=none",  # a demo of the decision: its report, not 513 MB of full fine-tuning (.cmd retrains)
     "out=runs/quickstart",
 ]
 

@@ -747,9 +747,9 @@ class LadderConfig(Section):
         1, ge=1, le=1000, description="train every training rung with this many seeds (spread reported)"
     )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for every rung")
-    keep_models: Literal["recommended", "all"] = Field(
+    keep_models: Literal["none", "recommended", "all"] = Field(
         "recommended",
-        description="trained models kept when the ladder ends: the recommended rung's (each rung's runs/<rung>.cmd retrains it), or all; checkpoints never",
+        description="trained models kept when the ladder ends: none, the recommended rung's, or all (each rung's runs/<rung>.cmd retrains it); checkpoints never",
     )
     out: str | None = Field(None, description="report folder; default runs/ladder-<time>")
 

@@ -102,8 +102,9 @@ def main(cfg: LadderConfig) -> Path:
 
 def tidy(out: Path, keep_models: str) -> int:
     """Remove what the report does not need from the rungs' run folders: every checkpoint (the
-    optimizer state of a full fine-tuning rung alone is 1 GB) and, unless keep_models=all, the trained
-    models of every rung but the recommended one (each rung's `runs/<rung>.cmd` retrains it). Bytes freed."""
+    optimizer state of a full fine-tuning rung alone is 1 GB), and the trained models that
+    `keep_models` lets go (recommended: all but the recommended rung's; none: every one). Each rung's
+    `runs/<rung>.cmd` retrains it. Returns the bytes freed."""
     import shutil
 
     try:
@@ -112,9 +113,8 @@ def tidy(out: Path, keep_models: str) -> int:
         pick = None
     freed = 0
     for run in sorted((out / "runs").glob("*/")):
-        doomed = ["checkpoints", "best"] + (
-            [] if keep_models == "all" or run.name == pick else ["final", "merged"]
-        )
+        keep = keep_models == "all" or (keep_models == "recommended" and run.name == pick)
+        doomed = ["checkpoints", "best"] + ([] if keep else ["final", "merged"])
         for name in doomed:
             folder = run / name
             if folder.is_dir():
