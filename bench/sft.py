@@ -37,9 +37,7 @@ def parse(argv=None):
 
 
 def make_rows(a) -> list[dict]:
-    n = a.batch * (a.warmup + a.steps) + a.batch  # a spare batch: no step runs short
-    if "data.pack=true" in a.tl:
-        n *= 6  # ~5 rows fill a 1024-token sequence
+    n = a.batch * (a.warmup + a.steps) + a.batch  # a spare batch: no step runs short (packed or not)
     return fixed_rows(n, a.seq) if a.seq else sft_rows(n)
 
 
@@ -67,22 +65,15 @@ def config(a, tmp: Path, data: Path):
 
 
 def step_shapes(units: list, indices: list[list[int]]) -> list[tuple[list[int], int]]:
-    """(document lengths, target tokens) of each micro-batch, from the rendered rows or packed sequences."""
-    from tunelab.data.batch import Packed
+    """(document lengths, target tokens) of each micro-batch, from the rendered rows (packed or padded,
+    a micro-batch holds the same rows)."""
     from tunelab.data.render import IGNORE
 
     out = []
     for batch in indices:
-        lengths, targets = [], 0
-        for i in batch:
-            unit = units[i]
-            if isinstance(unit, Packed):
-                starts = [k for k, p in enumerate(unit.position_ids) if p == 0] + [len(unit.position_ids)]
-                lengths += [b - a for a, b in zip(starts, starts[1:])]
-            else:
-                lengths.append(len(unit.input_ids))
-            targets += sum(1 for t in unit.labels[1:] if t != IGNORE)
-        out.append((lengths, targets))
+        rows = [units[i] for i in batch]
+        targets = sum(1 for unit in rows for t in unit.labels[1:] if t != IGNORE)
+        out.append(([len(unit.input_ids) for unit in rows], targets))
     return out
 
 
@@ -104,14 +95,14 @@ def tunelab_side(a) -> dict:
         # the same micro-batches the stage made (same call, same seed), for their lengths
         model, tok = load_model("smollm2-135m")
         items, _ = render_rows(sft.read_dataset(cfg.data.train, "pairs"), tok, cfg)
-        pack_len = cfg.train.max_len if cfg.data.pack else None
         source = row_batches(
             items,
             a.batch,
             tok.pad_token_id,
             cfg.seed,
-            pack_len,
-            group_by_length=cfg.data.group_by_length and not pack_len,
+            cfg.data.pack,
+            cfg.train.max_len,
+            group_by_length=cfg.data.group_by_length,
         )
         shapes = step_shapes(source.units, source._batches(0))
     measured = rows[a.warmup :]

@@ -275,7 +275,8 @@ def test_token_blocks_overlap_by_one_and_visit_every_block_once_per_epoch(tmp_pa
     assert epoch0 != epoch1 and epoch0 == starts_of(blocks.epoch(0))  # seeded per epoch
     batch = next(iter(blocks.epoch(0)))
     assert batch.input_ids.dtype == torch.int64 and batch.input_ids.shape == (4, 10)
-    assert torch.equal(batch.labels, batch.input_ids) and batch.n_targets == 4 * 9
+    # every token but a block's first is a target, predicted by the token before it
+    assert torch.equal(batch.target_ids, batch.input_ids[:, 1:].flatten()) and batch.n_targets == 4 * 9
 
 
 def test_token_blocks_resume_jumps_to_the_saved_micro_batch(tmp_path):

@@ -220,14 +220,14 @@ def test_every_stage_runs_unchanged_under_torchrun(tmp_path, stage):
 
 
 def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest():
-    from tunelab.data.batch import LMBatch
+    from tunelab.data.layout import Segment, lay_out
     from tunelab.rl.rollout import RolloutBatch
     from tunelab.train.dist import to_device
 
-    ids = torch.ones(2, 3, dtype=torch.long)
-    lm = to_device(LMBatch(ids, ids.clone(), torch.ones_like(ids), None, 5), torch.device("meta"))
-    assert lm.input_ids.device.type == "meta" and lm.position_ids is None and lm.n_tokens == 5
-    from tunelab.data.layout import Segment, lay_out
+    rows = lay_out([Segment([], [[1, 2, 3]]), Segment([], [[4, 5]])], pad_id=0, packed=True, max_len=8)
+    lm = to_device(rows, torch.device("meta"))
+    assert lm.input_ids.device.type == "meta" and lm.attention_mask.device.type == "meta"
+    assert lm.packed and lm.n_tokens == 5 and lm.n_seqs == 2
 
     k = torch.zeros(4)
     seqs = lay_out([Segment([1], [[2, 3], [4, 5]])], pad_id=0, packed=False)  # 4 targets

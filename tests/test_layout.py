@@ -9,7 +9,6 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.layout import IGNORE, Segment, lay_out, pair_segment
-from tunelab.models.forward import next_token_logits
 from tunelab.stages.common import prepare_model
 
 PAIRS = [
@@ -46,25 +45,35 @@ def loss_grads_values(model, loss_fn, batch, values_fn):
 
 
 def sft_case(packed: bool):
-    from tunelab.data.batch import collate, pack
+    # the stage's own batch source: rows rendered with completion-only labels, one micro-batch of all
+    from tunelab.data.sources import row_batches
+    from tunelab.models.forward import layout_logprobs
     from tunelab.stages import common, sft
 
     cfg, model, tok = model_for("SFTConfig")
     rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in PAIRS]
     items, _ = common.render_rows(rows, tok, cfg)
-    batch = collate(pack(items, 200) if packed else items, tok.pad_token_id)
-    return model, sft.loss_fn, batch, lambda m, b: next_token_logits(m, b)[0]
+    (batch,) = row_batches(items, len(items), tok.pad_token_id, 0, packed, max_len=200, shuffle=False).all()
+    return model, sft.loss_fn, batch, lambda m, b: layout_logprobs(m, b)[0]
 
 
 def pretrain_case(packed: bool):
-    from tunelab.data.batch import collate, pack
-    from tunelab.data.render import render_text
+    # the stage's own block source over a text file: full blocks of 8 tokens, every token but the first a target
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from tunelab.data.sources import TextBlocks
+    from tunelab.models.forward import layout_logprobs
     from tunelab.stages import pretrain
 
     _, model, tok = model_for("PretrainConfig")
-    items = [render_text(tok, t) for t in TEXTS]
-    batch = collate(pack(items, 200) if packed else items, tok.pad_token_id)
-    return model, pretrain.loss_fn, batch, lambda m, b: next_token_logits(m, b)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "text.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+        blocks = TextBlocks([str(path)], tok, block_len=8, batch_size=4, seed=0, packed=packed)
+        batch = next(iter(blocks.epoch(0)))
+    return model, pretrain.loss_fn, batch, lambda m, b: layout_logprobs(m, b)[0]
 
 
 def rm_case(packed: bool):
@@ -116,20 +125,22 @@ CASES = {"sft": sft_case, "pretrain": pretrain_case, "rm": rm_case, "dpo": dpo_c
 
 @pytest.mark.parametrize("stage", sorted(CASES))
 def test_packed_and_padded_layouts_give_the_same_losses_values_and_gradients(stage, one_thread):
-    case = CASES[stage]
-    batch = case(True)[2]
-    assert (batch.seqs if hasattr(batch, "seqs") else batch).input_ids.shape[
-        0
-    ] < 3  # rows hold several segments
-    packed = loss_grads_values(*_run(case, packed=True))
-    padded = loss_grads_values(*_run(CASES[stage], packed=False))
+    runs = {packed: CASES[stage](packed) for packed in (True, False)}
+    layout = {packed: getattr(run[2], "seqs", run[2]) for packed, run in runs.items()}
+    assert layout[True].packed and layout[True].attention_mask.dim() == 4  # the packed path is taken
+    assert not layout[False].packed and layout[False].attention_mask.dim() == 2
+    if stage != "pretrain":  # pre-training blocks are full: packed, each fills a row of its own
+        assert layout[True].input_ids.shape[0] < layout[True].n_seqs  # rows hold several segments
+    assert (layout[True].n_targets, layout[True].n_seqs) == (layout[False].n_targets, layout[False].n_seqs)
+    packed = loss_grads_values(*_train_mode(runs[True]))
+    padded = loss_grads_values(*_train_mode(runs[False]))
     for name, got, want in zip(("loss", "values", "gradients"), packed, padded, strict=True):
         assert got.shape == want.shape, name
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (name, (got - want).abs().max())
 
 
-def _run(case, packed):
-    model, loss_fn, batch, values_fn = case(packed)
+def _train_mode(run):
+    model, loss_fn, batch, values_fn = run
     model.train()
     return model, loss_fn, batch, values_fn
 

@@ -121,8 +121,8 @@ def test_micro_batch_times_accumulation_gives_the_same_steps(tmp_path, pairs_fil
 
 def test_invariance_of_gradients_directly(tiny_llama):
     """The loop's normalisation, step by step: per-micro-batch sums / global target count."""
-    from tunelab.data.batch import collate
     from tunelab.data.render import RenderOptions, render_pair
+    from tunelab.data.sources import rows_layout
 
     model, tok = tiny_llama
     items = [render_pair(tok, r["prompt"], r["completion"], RenderOptions()) for r in PAIRS]
@@ -130,7 +130,10 @@ def test_invariance_of_gradients_directly(tiny_llama):
 
     def grads(micro):
         model.zero_grad()
-        batches = [collate(items[i : i + micro], tok.pad_token_id) for i in range(0, len(items), micro)]
+        batches = [
+            rows_layout(items[i : i + micro], tok.pad_token_id, packed=False)
+            for i in range(0, len(items), micro)
+        ]
         units = sum(b.n_targets for b in batches)
         for b in batches:
             loss_sum, _ = sft.loss_fn(model, b)

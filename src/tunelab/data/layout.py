@@ -65,16 +65,15 @@ class Layout:
         return replace(self, **moved)
 
 
-def _targets(seg: Segment, c: int) -> list[bool]:
-    """Which tokens of continuation c are targets."""
-    tokens = seg.continuations[c]
+def _targets(seg: Segment, c: int) -> Tensor:
+    """(k,) offsets into continuation c of its target tokens, in token order."""
     if seg.labels is not None:
-        marks = [label != IGNORE for label in seg.labels[c]]
+        marks = torch.tensor(seg.labels[c], dtype=torch.long) != IGNORE
     else:
-        marks = [True] * len(tokens)
-    if not seg.prompt and marks:
+        marks = torch.ones(len(seg.continuations[c]), dtype=torch.bool)
+    if not seg.prompt and len(marks):
         marks[0] = False  # nothing predicts the first token of a row
-    return marks
+    return marks.nonzero().flatten()
 
 
 def _rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
@@ -122,26 +121,25 @@ def _padded(segments: list[Segment], pad_id: int) -> Layout:
     input_ids = torch.full((S, T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((S, T), dtype=torch.long)
     position_ids = torch.zeros((S, T), dtype=torch.long)
-    source, target_ids, target_seq, last = [], [], [], []
+    source, target_seq, last = [], [], []
     for r, (seg, c) in enumerate(rows):
         tokens = seg.prompt + seg.continuations[c]
         n, P = len(tokens), len(seg.prompt)
-        input_ids[r, :n] = torch.tensor(tokens)
+        input_ids[r, :n] = torch.tensor(tokens, dtype=torch.long)
         attention_mask[r, :n] = 1
         position_ids[r, :n] = torch.arange(n)
-        for j, is_target in enumerate(_targets(seg, c)):
-            if is_target:
-                source.append(r * T + P + j - 1)
-                target_ids.append(tokens[P + j])
-                target_seq.append(r)
+        j = _targets(seg, c)  # (k,) target offsets into the continuation
+        source.append(r * T + P - 1 + j)
+        target_seq.append(torch.full_like(j, r))
         last.append(r * T + n - 1)
+    source = torch.cat(source)
     return Layout(
         input_ids,
         attention_mask,
         position_ids,
-        torch.tensor(source, dtype=torch.long),
-        torch.tensor(target_ids, dtype=torch.long),
-        torch.tensor(target_seq, dtype=torch.long),
+        source,
+        input_ids.flatten()[source + 1],  # the token after each source position
+        torch.cat(target_seq),
         torch.tensor(last, dtype=torch.long),
         S,
         packed=False,
@@ -165,8 +163,8 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
         sum(n_conts[:i]) for i in range(len(segments))
     ]  # continuation number of each segment's first
     S = sum(n_conts)
-    source = [[] for _ in range(S)]
-    target_ids = [[] for _ in range(S)]
+    source = [torch.zeros(0, dtype=torch.long)] * S  # per continuation: the positions predicting its targets
+    at_target = [torch.zeros(0, dtype=torch.long)] * S  # ... and its targets' own positions
     last = [0] * S
     for r, row in enumerate(rows):
         at = 0
@@ -185,10 +183,9 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
                 position_ids[r, at : at + n] = torch.arange(P, P + n)
                 seg_of[r, at : at + n] = i
                 cont_of[r, at : at + n] = s
-                for j, is_target in enumerate(_targets(seg, c)):
-                    if is_target:
-                        source[s].append(r * T + (prompt_end if j == 0 else at + j - 1))
-                        target_ids[s].append(tokens[j])
+                j = _targets(seg, c)  # (k,) target offsets into the continuation
+                at_target[s] = r * T + at + j
+                source[s] = torch.where(j == 0, r * T + prompt_end, at_target[s] - 1)
                 last[s] = r * T + at + n - 1
                 at += n
     real = cont_of != -2  # (R, T)
@@ -197,14 +194,13 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     mask = same_seg & key_ok & causal & real[:, None, :] & real[:, :, None]
     mask |= torch.eye(T, dtype=torch.bool)[None] & ~real[:, :, None]  # padding sees itself: no empty row
-    flat_source = [p for s in source for p in s]
     return Layout(
         input_ids,
         mask[:, None],
         position_ids,
-        torch.tensor(flat_source, dtype=torch.long),
-        torch.tensor([t for s in target_ids for t in s], dtype=torch.long),
-        torch.tensor([s for s, src in enumerate(source) for _ in src], dtype=torch.long),
+        torch.cat(source),
+        input_ids.flatten()[torch.cat(at_target)],
+        torch.cat([torch.full_like(src, s) for s, src in enumerate(source)]),
         torch.tensor(last, dtype=torch.long),
         S,
         packed=True,

@@ -1,7 +1,11 @@
 """Batch sources for the training loop: `epoch(e)` yields micro-batches in a fixed, seeded order.
 
-row_batches   rendered rows (SFT) padded per micro-batch, or packed several to a sequence
+row_batches   rendered rows (SFT), `batch_size` to a micro-batch, each micro-batch laid out packed or padded
 TextBlocks   a text stream cut into fixed-length blocks (pre-training), never held in memory whole
+
+Every batch is a `data/layout.Layout`. The layout (packed or padded) is chosen by the stage and never
+changes which units meet in a micro-batch or in what order: a resumed run, or the same seed with the
+other layout, trains on the same micro-batches.
 
 Under N processes `source.shard(dist)` gives each rank its share of every *global* micro-batch of
 N x batch_size units (rank 0 the first share, and so on): together the ranks see exactly the units one
@@ -18,9 +22,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
-from tunelab.data.batch import LMBatch, collate, pack
+from tunelab.data.layout import Layout, Segment, lay_out
 from tunelab.data.read import RowError, normalise, records
 from tunelab.data.render import Tokenized, render_text
 from tunelab.data.shard import share
@@ -101,26 +103,35 @@ def row_batches(
     batch_size: int,
     pad_id: int,
     seed: int = 0,
-    pack_len: int | None = None,
+    packed: bool = False,
+    max_len: int | None = None,
     shuffle: bool = True,
     group_by_length: bool = False,
 ) -> Shuffled:
-    """Rendered rows (SFT) padded per micro-batch, or packed several to a sequence of `pack_len` tokens.
-    Packing happens once, in a seeded order; the sequences are then shuffled each epoch."""
-    if pack_len:
-        order = list(items)
-        random.Random(seed).shuffle(order)
-        units = pack(order, pack_len)
-    else:
-        units = list(items)
-    lengths = [len(u.input_ids) for u in units] if group_by_length else None
-    return Shuffled(units, batch_size, lambda chunk: collate(chunk, pad_id), seed, shuffle, lengths)
+    """Rendered rows (SFT), `batch_size` per micro-batch in a seeded order, each micro-batch laid out
+    packed (rows of at most `max_len` positions, a 4-D mask) or padded: the order does not depend on the
+    layout. A row is one segment (no prompt, one continuation); its labels say which tokens are trained."""
+    lengths = [len(it.input_ids) for it in items] if group_by_length else None
+    return Shuffled(
+        list(items),
+        batch_size,
+        lambda chunk: rows_layout(chunk, pad_id, packed, max_len),
+        seed,
+        shuffle,
+        lengths,
+    )
 
 
-def _block_batch(blocks: list[list[int]]) -> LMBatch:
-    ids = torch.tensor(blocks)  # (B, T): every block is full, so there is no padding
-    B, T = ids.shape
-    return LMBatch(ids, ids.clone(), torch.ones_like(ids), torch.arange(T).expand(B, T).contiguous(), B * T)
+def rows_layout(items: list[Tokenized], pad_id: int, packed: bool, max_len: int | None = None) -> Layout:
+    """Rendered rows as one batch: a row's first token is never a target (nothing predicts it)."""
+    segments = [Segment([], [it.input_ids], [it.labels]) for it in items]
+    return lay_out(segments, pad_id, packed=packed, max_len=max_len)
+
+
+def blocks_layout(blocks: list[list[int]], packed: bool = False) -> Layout:
+    """Full blocks of raw text (pre-training) as one batch: every token but a block's first is a target.
+    Blocks are all `block_len` long, so neither layout pads; packed, each block fills a row of its own."""
+    return lay_out([Segment([], [block]) for block in blocks], 0, packed=packed, max_len=len(blocks[0]))
 
 
 class TextBlocks:
@@ -142,7 +153,9 @@ class TextBlocks:
         holdout_every: int = 0,
         split: str = "train",
         max_blocks: int | None = None,
+        packed: bool = False,
     ):
+        self.packed = packed
         self.paths, self.tok, self.block_len, self.batch_size = paths, tok, block_len, batch_size
         self.seed, self.buffer, self.holdout_every, self.split, self.max_blocks = (
             seed,
@@ -207,18 +220,18 @@ class TextBlocks:
         full, rest = divmod(self.n_blocks, per_step)
         self.micro_batches_per_epoch = full + (rest >= self.world)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Layout]:
         """A stream cannot jump: the first `start` micro-batches are made again and skipped."""
         return itertools.islice(self._epoch(epoch), start, None)
 
-    def _epoch(self, epoch: int) -> Iterator[LMBatch]:
+    def _epoch(self, epoch: int) -> Iterator[Layout]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         pool: list[list[int]] = []
         batch: list[list[int]] = []  # the global micro-batch being filled
         per_step = self.batch_size * self.world
 
-        def mine(blocks: list[list[int]]) -> LMBatch:
-            return _block_batch(blocks[slice(*share(len(blocks), self.rank, self.world))])
+        def mine(blocks: list[list[int]]) -> Layout:
+            return blocks_layout(blocks[slice(*share(len(blocks), self.rank, self.world))], self.packed)
 
         def emit(block):
             batch.append(block)

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tunelab.data.batch import LMBatch
+from tunelab.data.layout import Layout
 from tunelab.data.prep.tokenize import read_meta
 from tunelab.data.shard import share
+from tunelab.data.sources import blocks_layout
 from tunelab.errors import TunelabError
 
 
@@ -40,13 +40,14 @@ class TokenBlocks:
         max_blocks: int | None = None,
         rank: int = 0,
         world: int = 1,
+        packed: bool = False,
     ):
         meta = read_meta(folder)
         if meta is None:
             raise TunelabError(f"{folder} is not a finished token folder (no meta.json next to tokens.bin).")
         self.folder, self.meta = Path(folder), meta
         self.block_len, self.batch_size, self.seed = block_len, batch_size, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.packed = rank, world, packed
         self.tokens = np.memmap(
             self.folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)
         )
@@ -75,7 +76,7 @@ class TokenBlocks:
         """Block ids of `epoch` in its seeded order (the same on every rank)."""
         return self.ids[np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))]
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Layout]:
         """Micro-batches of `epoch` from the `start`-th on: a resumed run jumps straight there."""
         order = self.order(epoch)
         per_step = self.batch_size * self.world
@@ -84,11 +85,7 @@ class TokenBlocks:
             lo, hi = share(len(chunk), self.rank, self.world)
             yield self.batch(chunk[lo:hi])
 
-    def batch(self, block_ids: np.ndarray) -> LMBatch:
+    def batch(self, block_ids: np.ndarray) -> Layout:
         step = self.block_len - 1
         rows = np.stack([self.tokens[i * step : i * step + self.block_len] for i in block_ids.tolist()])
-        ids = torch.from_numpy(rows.astype(np.int64))  # (B, T): every block is full, so no padding
-        B, T = ids.shape
-        return LMBatch(
-            ids, ids.clone(), torch.ones_like(ids), torch.arange(T).expand(B, T).contiguous(), B * T
-        )
+        return blocks_layout(rows.astype(np.int64).tolist(), self.packed)  # every block full: no padding

@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tunelab.data.batch import LMBatch
 from tunelab.data.layout import Layout
-from tunelab.data.render import IGNORE
 from tunelab.models.capability import prompt_learning, takes_4d_mask
 
 
@@ -37,22 +35,6 @@ def logprobs_of(
     return logp, ent
 
 
-def next_token_logits(model, batch: LMBatch) -> tuple[Tensor, Tensor]:
-    """Logits at every labelled next-token position and their targets: (K, V), (K,)."""
-    predicts = torch.zeros_like(batch.labels, dtype=torch.bool)  # (B, T) position t predicts token t+1
-    predicts[:, :-1] = batch.labels[:, 1:] != IGNORE
-    targets = batch.labels[:, 1:][predicts[:, :-1]]  # (K,)
-    is_prompt, n_virtual = prompt_learning(model)
-    if is_prompt:
-        if batch.attention_mask.dim() != 2:
-            raise ValueError("prompt and prefix tuning cannot use packed sequences (data.pack=false)")
-        keep = torch.cat([predicts.new_zeros(predicts.shape[0], n_virtual), predicts], dim=1)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep)
-    else:
-        out = model(**batch.model_inputs(), logits_to_keep=predicts)
-    return out.logits.reshape(-1, out.logits.shape[-1]), targets
-
-
 def layout_logits(model, batch: Layout, hidden: bool = False) -> tuple[Tensor, Tensor | None]:
     """Logits (K, V) predicting each target of `batch`, in target order; with `hidden`, the final hidden
     state (K, H) at the same positions (a value head reads it)."""
@@ -60,23 +42,46 @@ def layout_logits(model, batch: Layout, hidden: bool = False) -> tuple[Tensor, T
     keep = torch.zeros(R * T, dtype=torch.bool, device=batch.input_ids.device)
     keep[batch.source] = True  # a position that predicts G targets (a shared prompt's last) is kept once
     slot = torch.cumsum(keep.long(), 0) - 1  # flat position -> row of the kept logits
+    logits, states = _forward(model, batch, keep.view(R, T), hidden)
+    return logits[slot[batch.source]], states[batch.source] if hidden else None  # (K, V), (K, H)
+
+
+def next_token_logits(model, batch: Layout) -> tuple[Tensor, Tensor]:
+    """Logits (K, V) predicting each target and the targets (K,), both in position order (not target
+    order): for a loss summed over the targets (SFT, pre-training), the (K, V) logits then need no
+    reordering. Every position must predict at most one target: segments without a shared prompt."""
+    R, T = batch.input_ids.shape
+    keep = torch.zeros(R * T, dtype=torch.bool, device=batch.input_ids.device)
+    keep[batch.source] = True
+    slot = torch.cumsum(keep.long(), 0) - 1  # flat position -> row of the kept logits
+    targets = torch.empty_like(batch.target_ids)
+    targets[slot[batch.source]] = batch.target_ids  # a permutation: one target per kept position
+    logits, _ = _forward(model, batch, keep.view(R, T))
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError("a position predicts several targets (a shared prompt): use layout_logits")
+    return logits, targets
+
+
+def _forward(model, batch: Layout, keep: Tensor, hidden: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The model on `batch`, logits (N, V) only where `keep` (R, T) is set, in position order; with
+    `hidden`, the final hidden state (R * T, H) at every position."""
+    R, T = batch.input_ids.shape
     if batch.packed and not takes_4d_mask(model):  # the batch maker asked the same question
         raise ValueError("a packed layout needs sdpa or eager attention and no prompt / prefix tuning")
     is_prompt, n_virtual = prompt_learning(model)
     if is_prompt:  # virtual tokens in front: their positions are the model's own (padded layouts only)
-        keep_2d = torch.cat([keep.new_zeros(R, n_virtual), keep.view(R, T)], dim=1)
+        keep_2d = torch.cat([keep.new_zeros(R, n_virtual), keep], dim=1)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep_2d)
     else:
         out = model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
-            logits_to_keep=keep.view(R, T),
+            logits_to_keep=keep,
             output_hidden_states=hidden,
         )
-    logits = out.logits.reshape(-1, out.logits.shape[-1])[slot[batch.source]]  # (K, V)
-    states = out.hidden_states[-1].reshape(R * T, -1)[batch.source] if hidden else None  # (K, H)
-    return logits, states
+    states = out.hidden_states[-1].reshape(R * T, -1) if hidden else None
+    return out.logits.reshape(-1, out.logits.shape[-1]), states
 
 
 def layout_logprobs(

@@ -5,6 +5,9 @@ tunelab pretrain configs/pretrain.yaml data.train=tok/     # a `tunelab data tok
 
 Raw text (JSONL `text`, .txt, a folder of them) is tokenised on the fly; a token folder is read as
 blocks straight from its memory-mapped tokens.bin (data/token_blocks.py), which is what scales.
+A block is one segment of the batch layout (data/layout.py), every token but its first a target. Blocks
+are full, so the padded layout has no padding; `data.pack=true` lays them out packed all the same (a
+block to a row, a 4-D mask: the same losses within 1e-5, for checking that path, not for speed).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from tunelab.config.schema import PretrainConfig
 from tunelab.data.prep.tokenize import is_token_dir
 from tunelab.data.sources import TextBlocks, text_paths
 from tunelab.errors import TunelabError
+from tunelab.models.capability import takes_4d_mask
 from tunelab.stages.common import prepare_model
 from tunelab.stages.sft import loss_fn  # the same next-token loss; here every position carries a label
 from tunelab.train.loop import train
@@ -28,6 +32,8 @@ def main(cfg: PretrainConfig) -> Path:
             "pretrain needs text: set data.train=PATH (JSONL with `text`, .txt, or a folder of them)."
         )
     model, tok = prepare_model(cfg)
+    if cfg.data.pack and not takes_4d_mask(model):
+        raise TunelabError("data.pack=true needs sdpa or eager attention (a 4-D mask): set data.pack=false.")
     block = cfg.train.max_len
     holdout_every = round(1 / cfg.data.eval_split) if cfg.data.eval_split and not cfg.data.eval else 0
     if is_token_dir(cfg.data.train):
@@ -35,8 +41,15 @@ def main(cfg: PretrainConfig) -> Path:
         return train(
             model, tok, blocks, loss_fn, cfg, stage="pretrain", eval_batches=eval_batches, report=report
         )
+    packed = cfg.data.pack
     blocks = TextBlocks(
-        text_paths(cfg.data.train), tok, block, cfg.train.batch_size, cfg.seed, holdout_every=holdout_every
+        text_paths(cfg.data.train),
+        tok,
+        block,
+        cfg.train.batch_size,
+        cfg.seed,
+        holdout_every=holdout_every,
+        packed=packed,
     )
     report = {"block length": f"{block} tokens (consecutive blocks overlap by one token)"}
     if (
@@ -61,6 +74,7 @@ def main(cfg: PretrainConfig) -> Path:
             holdout_every=holdout_every,
             split="eval" if holdout_every else "train",
             max_blocks=64,
+            packed=packed,
         )
         eval_batches = list(held.epoch(0))
         report["eval blocks"] = sum(b.input_ids.shape[0] for b in eval_batches)
@@ -82,8 +96,8 @@ def token_data(cfg: PretrainConfig, tok, holdout_every: int):
             f"{cfg.data.train} was tokenised with {meta['tokenizer']}, whose tokenizer is not "
             f"{cfg.model.name}'s: run `tunelab data tokenize ... --model {cfg.model.name}` again."
         )
-    block, batch = cfg.train.max_len, cfg.train.batch_size
-    blocks = TokenBlocks(cfg.data.train, block, batch, cfg.seed, holdout_every=holdout_every)
+    block, batch, packed = cfg.train.max_len, cfg.train.batch_size, cfg.data.pack
+    blocks = TokenBlocks(cfg.data.train, block, batch, cfg.seed, holdout_every=holdout_every, packed=packed)
     if len(blocks) == 0:
         raise TunelabError(
             f"{cfg.data.train} holds {meta['n_tokens']} tokens, fewer than a block of train.max_len={block}."
@@ -94,12 +108,18 @@ def token_data(cfg: PretrainConfig, tok, holdout_every: int):
         "train blocks per epoch": len(blocks),
     }
     if cfg.data.eval and is_token_dir(cfg.data.eval):
-        held = TokenBlocks(cfg.data.eval, block, batch, max_blocks=64)
+        held = TokenBlocks(cfg.data.eval, block, batch, max_blocks=64, packed=packed)
     elif cfg.data.eval:
-        held = TextBlocks(text_paths(cfg.data.eval), tok, block, batch, max_blocks=64)
+        held = TextBlocks(text_paths(cfg.data.eval), tok, block, batch, max_blocks=64, packed=packed)
     elif holdout_every:
         held = TokenBlocks(
-            cfg.data.train, block, batch, holdout_every=holdout_every, split="eval", max_blocks=64
+            cfg.data.train,
+            block,
+            batch,
+            holdout_every=holdout_every,
+            split="eval",
+            max_blocks=64,
+            packed=packed,
         )
     else:
         return blocks, None, report
