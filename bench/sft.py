@@ -100,8 +100,7 @@ def tunelab_side(a) -> dict:
             a.batch,
             tok.pad_token_id,
             cfg.seed,
-            cfg.data.pack,
-            cfg.train.max_len,
+            cfg.train.max_len if cfg.data.pack else None,
             group_by_length=cfg.data.group_by_length,
         )
         shapes = step_shapes(source.units, source._batches(0))

@@ -107,7 +107,7 @@ def test_packing_changes_the_layout_not_which_rows_meet_in_a_micro_batch(group_b
         for i, n in enumerate(LENGTHS)
     ]
     padded = row_batches(items, 4, 0, seed=2, group_by_length=group_by_length)
-    packed = row_batches(items, 4, 0, seed=2, packed=True, max_len=64, group_by_length=group_by_length)
+    packed = row_batches(items, 4, 0, seed=2, pack_len=64, group_by_length=group_by_length)
     assert packed.micro_batches_per_epoch == padded.micro_batches_per_epoch
     pairs = list(zip(packed.epoch(1, start=2), padded.epoch(1, start=2), strict=True))
     assert all(a.packed and not b.packed for a, b in pairs)

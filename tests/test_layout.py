@@ -53,7 +53,8 @@ def sft_case(packed: bool):
     cfg, model, tok = model_for("SFTConfig")
     rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in PAIRS]
     items, _ = common.render_rows(rows, tok, cfg)
-    (batch,) = row_batches(items, len(items), tok.pad_token_id, 0, packed, max_len=200, shuffle=False).all()
+    pack_len = 200 if packed else None
+    (batch,) = row_batches(items, len(items), tok.pad_token_id, 0, pack_len, shuffle=False).all()
     return model, sft.loss_fn, batch, lambda m, b: layout_logprobs(m, b)[0]
 
 

@@ -119,6 +119,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(load=args.load)
 
 
+def _config_command(p: argparse.ArgumentParser, config_class: str, func, name: str = "config", **arg) -> None:
+    """A command driven by a config class of tunelab.config.schema: its keys in --help, its
+    `key=value` arguments (`arg`: metavar and help), and its handler."""
+    add_keys_help(p, "tunelab.config.schema", config_class)
+    p.add_argument(name, nargs="*", **arg)
+    p.set_defaults(func=func)
+
+
+def _strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
+    )
+
+
+def _ranking_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    """What select and best-of-n share: the prompts answered, how answers are sampled, the gate."""
+    p.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
+    _sampling_args(p, temperature)
+    _strict_arg(p)
+
+
 def _sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     p.add_argument(
@@ -141,21 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for stage, (_, _, help_text) in STAGES.items():
-        p = sub.add_parser(
-            stage,
-            help=help_text,
-            description=f"{help_text}. Example config: configs/{stage}.yaml",
-            add_help=False,
-        )
-        add_keys_help(p, "tunelab.config.schema", STAGES[stage][0])
-        p.add_argument(
-            "config",
-            nargs="*",
+    for stage, (config_class, _, help_text) in STAGES.items():
+        _config_command(
+            sub.add_parser(
+                stage,
+                help=help_text,
+                description=f"{help_text}. Example config: configs/{stage}.yaml",
+                add_help=False,
+            ),
+            config_class,
+            stage_command(stage),
             metavar="[CONFIG.yaml] [key=value ...]",
             help="optional YAML config, then dotted overrides such as train.lr=1e-5 adapter=lora",
         )
-        p.set_defaults(func=stage_command(stage))
 
     gen = sub.add_parser("generate", help="try a model or adapter by hand: print its answer to a prompt")
     gen.add_argument(
@@ -182,11 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--batch-size", type=int, default=16, help="answers scored at once (scores do not depend on it)"
     )
-    score.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
-    )
+    _strict_arg(score)
     score.set_defaults(func=cmd_score)
 
     sel = sub.add_parser("select", help="rank models or checkpoints by mean reward on the same prompts")
@@ -194,30 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "candidates", nargs="+", metavar="CANDIDATE", help="models, checkpoints or adapter folders"
     )
-    sel.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
     sel.add_argument("--out", help="write the ranking (and every answer) as JSON here")
-    _sampling_args(sel, temperature=0.0)
-    sel.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
-    )
+    _ranking_args(sel, temperature=0.0)
     sel.set_defaults(func=cmd_select)
 
     bon = sub.add_parser("best-of-n", help="sample n answers per prompt, keep the best by reward")
     bon.add_argument("--rm", required=True, help="the reward model")
     bon.add_argument("model", help="the model that answers")
-    bon.add_argument("--prompts", required=True, help="prompts file (kind prompts)")
     bon.add_argument("-n", type=int, default=4, help="answers sampled per prompt (default 4)")
     bon.add_argument(
         "--out", help="folder for a rejection-sampling dataset: sft.jsonl, preference.jsonl, ranked.jsonl"
     )
-    _sampling_args(bon, temperature=0.8)
-    bon.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse a reward model that did not pass its quality gate (gate.json); default: warn",
-    )
+    _ranking_args(bon, temperature=0.8)
     bon.set_defaults(func=cmd_best_of_n)
 
     data = sub.add_parser(
@@ -264,30 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.set_defaults(func=cmd_data)
 
-    ladder = sub.add_parser(
-        "ladder",
-        help="run every method on one task and compare quality against cost: ladder TASK.yaml",
-        add_help=False,
-    )
-    add_keys_help(ladder, "tunelab.config.schema", "LadderConfig")
-    ladder.add_argument(
-        "config",
-        nargs="*",
+    _config_command(
+        sub.add_parser(
+            "ladder",
+            help="run every method on one task and compare quality against cost: ladder TASK.yaml",
+            add_help=False,
+        ),
+        "LadderConfig",
+        cmd_ladder,
         metavar="TASK [key=value ...]",
         help="a task YAML (or a built-in task, or reasoning_gym:NAME), then overrides such as rungs=[zero_shot,lora] lora.steps=50",
     )
-    ladder.set_defaults(func=cmd_ladder)
-
-    quick = sub.add_parser(
-        "quickstart",
-        help="the ladder on the embedded SmolLM2-135M and the built-in extraction task (~15 min)",
-        add_help=False,
+    _config_command(
+        sub.add_parser(
+            "quickstart",
+            help="the ladder on the embedded SmolLM2-135M and the built-in extraction task (~15 min)",
+            add_help=False,
+        ),
+        "LadderConfig",
+        cmd_quickstart,
+        name="overrides",
+        metavar="key=value",
+        help="ladder overrides, e.g. eval.limit=20",
     )
-    add_keys_help(quick, "tunelab.config.schema", "LadderConfig")
-    quick.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="ladder overrides, e.g. eval.limit=20"
-    )
-    quick.set_defaults(func=cmd_quickstart)
 
     plan = sub.add_parser(
         "plan", help="memory and time of a training run before it starts, and pre-training data needs"

@@ -62,6 +62,17 @@ def gated_scorer(args: argparse.Namespace, use: str, **kwargs):
     return scorer
 
 
+def _rank(args: argparse.Namespace, use: str, rank, models, **options):
+    """(the prompts of --prompts, `rank(scorer, models, prompts, ...)`): select and best-of-n answer the
+    same prompts with the same gated reward model, generation length and seed."""
+    prompts = _read_prompts(args.prompts, args.limit)
+    quiet_hf()
+    scorer = gated_scorer(args, use)
+    return prompts, rank(
+        scorer, models, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed, **options
+    )
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import json
 
@@ -106,15 +117,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     from tunelab.rank import select
 
-    prompts = _read_prompts(args.prompts, args.limit)
-    quiet_hf()
-    ranked = select(
-        gated_scorer(args, "select"),
-        args.candidates,
-        prompts,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
+    prompts, ranked = _rank(args, "select", select, args.candidates)
     table = Table(title=f"candidates ranked by mean reward on {len(prompts)} prompts")
     for col in ("rank", "candidate", "mean reward", "95% interval"):
         table.add_column(col)
@@ -137,17 +140,7 @@ def cmd_best_of_n(args: argparse.Namespace) -> int:
 
     from tunelab.rank import best_of_n, write_rejection_sampling
 
-    prompts = _read_prompts(args.prompts, args.limit)
-    quiet_hf()
-    results = best_of_n(
-        gated_scorer(args, "best-of-n"),
-        args.model,
-        prompts,
-        n=args.n,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    _, results = _rank(args, "best-of-n", best_of_n, args.model, n=args.n, temperature=args.temperature)
     for r in results:
         print(
             json.dumps(

@@ -293,20 +293,16 @@ def _open(path: Path):
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
+    def bad_line(message: str) -> Record:  # the whole line is unreadable: no field to name
+        return lineno, Problem(str(path), lineno, None, message)
+
     with _open(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield (
-                    lineno,
-                    Problem(
-                        str(path),
-                        lineno,
-                        None,
-                        f"is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); re-save the file as UTF-8",
-                    ),
-                )
+                byte = raw[exc.start : exc.start + 1]
+                yield bad_line(f"is not UTF-8 (byte {exc.start}: {byte!r}); re-save the file as UTF-8")
                 continue
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark, as Windows editors write
@@ -315,15 +311,7 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             try:
                 value = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as exc:
-                yield (
-                    lineno,
-                    Problem(
-                        str(path),
-                        lineno,
-                        None,
-                        f"is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})",
-                    ),
-                )
+                yield bad_line(f"is not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
                 continue
             except RowError as err:
                 yield lineno, Problem(str(path), lineno, err.field, err.message)

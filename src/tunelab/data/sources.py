@@ -103,19 +103,19 @@ def row_batches(
     batch_size: int,
     pad_id: int,
     seed: int = 0,
-    packed: bool = False,
-    max_len: int | None = None,
+    pack_len: int | None = None,
     shuffle: bool = True,
     group_by_length: bool = False,
 ) -> Shuffled:
     """Rendered rows (SFT), `batch_size` per micro-batch in a seeded order, each micro-batch laid out
-    packed (rows of at most `max_len` positions, a 4-D mask) or padded: the order does not depend on the
-    layout. A row is one segment (no prompt, one continuation); its labels say which tokens are trained."""
+    packed (`pack_len`: rows of at most that many positions, a 4-D mask) or padded (None): the order does
+    not depend on the layout. A row is one segment (no prompt, one continuation); its labels say which
+    tokens are trained."""
     lengths = [len(it.input_ids) for it in items] if group_by_length else None
     return Shuffled(
         list(items),
         batch_size,
-        lambda chunk: rows_layout(chunk, pad_id, packed, max_len),
+        lambda chunk: rows_layout(chunk, pad_id, packed=pack_len is not None, max_len=pack_len),
         seed,
         shuffle,
         lengths,

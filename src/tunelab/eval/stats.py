@@ -9,7 +9,7 @@ import numpy as np
 
 
 def bootstrap_ci(
-    values: list[float], *, resamples: int = 1000, level: float = 0.95, seed: int = 0
+    values: list[float] | np.ndarray, *, resamples: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
     """(mean, low, high): the mean and the percentile bootstrap interval of the mean."""
     data = np.asarray(values, dtype=float)

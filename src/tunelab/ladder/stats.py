@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from tunelab.eval.stats import bootstrap_ci
+
 
 def paired_bootstrap(
     a: list[float], b: list[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
@@ -22,13 +24,7 @@ def paired_bootstrap(
     if len(a) != len(b):
         raise ValueError(f"paired scores need the same rows: {len(a)} vs {len(b)}")
     diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (n,)
-    if diffs.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, diffs.size, size=(resamples, diffs.size))].mean(axis=1)  # (resamples,)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(diffs.mean()), float(low), float(high)
+    return bootstrap_ci(diffs, resamples=resamples, level=level, seed=seed)  # row indices drawn once per pair
 
 
 def resolved(low: float, high: float) -> bool:

@@ -54,16 +54,15 @@ def main(cfg: SFTConfig) -> Path:
         raise TunelabError(
             f"No training rows are left after fitting them to train.max_len={cfg.train.max_len}; raise it."
         )
-    packed, max_len = cfg.data.pack, cfg.train.max_len
-    if packed and not takes_4d_mask(model):
+    pack_len = cfg.train.max_len if cfg.data.pack else None  # None: padded
+    if pack_len and not takes_4d_mask(model):
         raise TunelabError("data.pack=true needs sdpa or eager attention (a 4-D mask): set data.pack=false.")
     batches = row_batches(
         items,
         cfg.train.batch_size,
         tok.pad_token_id,
         cfg.seed,
-        packed,
-        max_len,
+        pack_len,
         group_by_length=cfg.data.group_by_length,
     )
     report = stats.as_report("train")
@@ -71,11 +70,11 @@ def main(cfg: SFTConfig) -> Path:
     if held_rows:
         held, held_stats = render_rows(held_rows, tok, cfg)
         eval_batches = row_batches(
-            held, cfg.train.batch_size, tok.pad_token_id, packed=packed, max_len=max_len, shuffle=False
+            held, cfg.train.batch_size, tok.pad_token_id, 0, pack_len, shuffle=False
         ).all()
         report.update(held_stats.as_report("eval"))
-    if packed:
-        report["packing"] = f"each micro-batch's rows packed into rows of up to {max_len} tokens"
+    if pack_len:
+        report["packing"] = f"each micro-batch's rows packed into rows of up to {pack_len} tokens"
     evaluators = [reward_evaluator(cfg, tok, held_rows)] if cfg.reward_eval.rm else None
     if cfg.task_eval.task:  # the task's own metric on validation rows (the ladder's training rungs)
         from tunelab.stages.task_eval import task_evaluator

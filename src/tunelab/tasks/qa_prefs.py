@@ -49,20 +49,13 @@ def _question(rng: random.Random) -> tuple[str, str, str]:
         a, b = rng.randint(1, 20), rng.randint(1, 20)
         wrong = a + b + rng.choice([-3, -2, -1, 1, 2, 3])
         return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {wrong}."
-    if kind == "capital":
-        country = rng.choice(sorted(CAPITALS))
-        other = rng.choice([c for k, c in sorted(CAPITALS.items()) if k != country])
-        return (
-            f"What is the capital of {country}?",
-            f"The capital of {country} is {CAPITALS[country]}.",
-            f"The capital of {country} is {other}.",
-        )
-    word = rng.choice(sorted(OPPOSITES))
-    other = rng.choice([o for k, o in sorted(OPPOSITES.items()) if k != word])
+    table, what = (CAPITALS, "capital") if kind == "capital" else (OPPOSITES, "opposite")
+    key = rng.choice(sorted(table))
+    other = rng.choice([v for k, v in sorted(table.items()) if k != key])
     return (
-        f"What is the opposite of {word}?",
-        f"The opposite of {word} is {OPPOSITES[word]}.",
-        f"The opposite of {word} is {other}.",
+        f"What is the {what} of {key}?",
+        f"The {what} of {key} is {table[key]}.",
+        f"The {what} of {key} is {other}.",
     )
 
 

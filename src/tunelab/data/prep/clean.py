@@ -30,6 +30,7 @@ from tunelab.data.prep.stream import (
     input_files,
     json_line,
     read_docs,
+    write_report,
 )
 
 PUNCT = string.punctuation + "…“”‘’«»—–·•"
@@ -373,8 +374,6 @@ def run_clean(
     console=None,
 ) -> dict:
     """Clean every document of `inputs` into shards in `out`; returns (and writes) the report."""
-    import json
-
     files = input_files(inputs)
     total = input_bytes(files)
     writer = ShardWriter(out, compress, shard_mb)
@@ -398,13 +397,7 @@ def run_clean(
     shards = writer.close()
     report.update(
         dropped={r: report["dropped"][r] for r in REASONS if report["dropped"][r]},
-        mb_in=chars_in / 1e6,  # text read (characters), whatever the file format or compression
         mb_out=writer.bytes_written / 1e6,
-        seconds=seconds,
-        mb_per_s=chars_in / 1e6 / max(seconds, 1e-9),
-        inputs=[str(f) for f in files],
         shards=[p.name for p in shards],
-        config=cfg.model_dump(),
     )
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    return report
+    return write_report(out, report, files, chars_in, seconds, cfg.model_dump())

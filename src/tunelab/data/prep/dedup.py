@@ -39,6 +39,7 @@ from tunelab.data.prep.stream import (
     input_files,
     json_line,
     read_docs,
+    write_report,
 )
 
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
@@ -231,17 +232,8 @@ def run_dedup(
             seconds = meter.seconds()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report.update(
-        bands=bands,
-        rows_per_band=rows,
-        mb_in=chars / 1e6,
-        seconds=seconds,
-        mb_per_s=chars / 1e6 / max(seconds, 1e-9),
-        inputs=[str(f) for f in files],
-        config=cfg.model_dump(),
-    )
-    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    return report
+    report.update(bands=bands, rows_per_band=rows)
+    return write_report(out, report, files, chars, seconds, cfg.model_dump())
 
 
 def _sign_all(

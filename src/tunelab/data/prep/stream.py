@@ -170,6 +170,22 @@ def json_line(text: str, fields: dict[str, Any]) -> str:
     return json.dumps({"text": text, **fields}, ensure_ascii=False) + "\n"
 
 
+def write_report(
+    out: Path, report: dict, files: list[Path], chars_in: int, seconds: float, config: dict
+) -> dict:
+    """`report` with what every step's report states (text read, time, speed, inputs, settings), written
+    to out/report.json."""
+    report.update(
+        mb_in=chars_in / 1e6,  # text read (characters), whatever the file format or compression
+        seconds=seconds,
+        mb_per_s=chars_in / 1e6 / max(seconds, 1e-9),
+        inputs=[str(f) for f in files],
+        config=config,
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return report
+
+
 class Meter:
     """A progress bar in MB of input with MB/s and ETA (only on a terminal), and the totals at the end."""
 
