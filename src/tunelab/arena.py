@@ -176,16 +176,17 @@ def main(paths: list[str], out: str, *, rounds: int = 1000, seed: int = 0, prior
 
     from rich.table import Table
 
+    from tunelab.console import table as console_table
     from tunelab.console import table_console
 
     result = rate(read_battles(paths), rounds=rounds, seed=seed, prior=prior)
     result["files"] = list(paths)
     console = table_console()
-    table = Table(
-        title=f"Bradley-Terry ratings from {result['battles']} judgments ({rounds} bootstrap rounds)"
+    table = console_table(
+        f"Bradley-Terry ratings from {result['battles']} judgments ({rounds} bootstrap rounds)",
+        ("rank", "system", "rating", "95% interval", "games", "win rate"),
+        left=("system",),
     )
-    for col in ("rank", "system", "rating", "95% interval", "games", "win rate"):
-        table.add_column(col, justify="left" if col == "system" else "right")
     for rank, r in enumerate(result["ratings"], 1):
         low, high = r["ci95"]
         table.add_row(

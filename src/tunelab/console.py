@@ -17,6 +17,16 @@ def table_console(stderr: bool = False):
     )
 
 
+def table(title: str | None, columns, left=()):
+    """A rich Table with these columns: numbers (right-aligned), but for the text columns named in `left`."""
+    from rich.table import Table
+
+    out = Table(title=title)
+    for col in columns:
+        out.add_column(col, justify="left" if col in left else "right")
+    return out
+
+
 def plain(text: object) -> str:
     """User text made safe inside a rich markup string: brackets are escaped, so nothing is interpreted."""
     from rich.markup import escape

@@ -80,9 +80,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from tunelab.commands.plan import cluster_asked, cmd_plan_cluster
+    from tunelab.console import table as console_table
     from tunelab.console import table_console
     from tunelab.plan import data_fit, data_tokens, estimate, machine_gflops, pretraining_data
     from tunelab.plan_cluster import load_config
@@ -92,20 +91,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return cmd_plan_cluster(args)
     config = load_config(args.model)  # the config is all the estimate reads: no weights are loaded
     gflops = machine_gflops()
-    table = Table(title=f"plan: {args.model}, batch {args.batch_size} x {args.seq_len} tokens, fp32 AdamW")
-    for col in (
-        "method",
-        "trainable",
-        "weights",
-        "grads+optim",
-        "activations",
-        "logits",
-        "runtime",
-        "total MB",
-        "s/step",
-        f"{args.steps} steps",
-    ):
-        table.add_column(col, justify="right")
+    table = console_table(
+        f"plan: {args.model}, batch {args.batch_size} x {args.seq_len} tokens, fp32 AdamW",
+        (
+            "method",
+            "trainable",
+            "weights",
+            "grads+optim",
+            "activations",
+            "logits",
+            "runtime",
+            "total MB",
+            "s/step",
+            f"{args.steps} steps",
+        ),
+    )
     for method in args.method or ["full", "lora", "prompt"]:
         p = estimate(
             config,

@@ -70,8 +70,7 @@ def cluster_asked(args: argparse.Namespace) -> bool:
 
 
 def cmd_plan_cluster(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    from tunelab.console import table as console_table
     from tunelab.console import table_console
     from tunelab.plan_cluster import STRATEGIES, cluster_rows, load_config
 
@@ -104,7 +103,6 @@ def cmd_plan_cluster(args: argparse.Namespace) -> int:
         f"plan: {args.model} ({params / 1e9:.2f}B parameters), {devices} x {gpu} "
         f"({assumed['device_memory_gb']:g} GB), micro-batch {args.batch_size} x {args.seq_len} tokens per device"
     )
-    table = Table(title=title)
     parts = ("parameters", "gradients", "optimizer", "gathered", "activations", "logits")
     columns = [
         "method",
@@ -118,8 +116,7 @@ def cmd_plan_cluster(args: argparse.Namespace) -> int:
         "with ckpt",
         "fits",
     ]
-    for col in columns:
-        table.add_column(col, justify="right")
+    table = console_table(title, columns)
     for r in rows:
         fits = (
             "yes"

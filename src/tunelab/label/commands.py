@@ -56,8 +56,7 @@ def serve(path: str, host: str | None, port: int | None) -> int:
 
 
 def stats(path: str, json_out: str | None, worst: int) -> int:
-    from rich.table import Table
-
+    from tunelab.console import table as console_table
     from tunelab.console import table_console
     from tunelab.label.db import db_errors
     from tunelab.label.stats import summarize
@@ -66,18 +65,20 @@ def stats(path: str, json_out: str | None, worst: int) -> int:
     with db_errors(project.db_path):
         report = summarize(_store(project).labels(), project.cfg.thresholds)
     console = table_console()
-    table = Table(title=f"assessors of '{project.cfg.name}': {report['labels']} labels (count in brackets)")
-    for col in (
-        "assessor",
-        "labels",
-        "honeypot acc.",
-        "self-consistency",
-        "left share",
-        "kappa",
-        "labels/h",
-        "flags",
-    ):
-        table.add_column(col, justify="left" if col in ("assessor", "flags") else "right")
+    table = console_table(
+        f"assessors of '{project.cfg.name}': {report['labels']} labels (count in brackets)",
+        (
+            "assessor",
+            "labels",
+            "honeypot acc.",
+            "self-consistency",
+            "left share",
+            "kappa",
+            "labels/h",
+            "flags",
+        ),
+        left=("assessor", "flags"),
+    )
     for a in report["assessors"]:
         table.add_row(
             a["assessor"],

@@ -293,32 +293,15 @@ class Store:
         """Every live label with what stats and export need about its showing."""
         rows = (
             self.conn()
-            .execute(
-                "SELECT l.id, l.assessor, l.choice, l.left_side, l.reasons, l.created_at, a.id AS assignment,"
-                " a.repeat_of, a.shown_at, i.key, i.prompt, i.system_a, i.system_b, i.gold FROM labels l"
-                " JOIN assignments a ON a.id = l.assignment_id JOIN items i ON i.id = a.item_id"
+            .execute(  # each column is named after its Label field
+                'SELECT l.assessor, i.key AS item, l.choice, l.left_side AS "left", i.prompt, i.system_a,'
+                " i.system_b, i.gold, a.id AS assignment, a.repeat_of, l.created_at, a.shown_at, l.reasons"
+                " FROM labels l JOIN assignments a ON a.id = l.assignment_id JOIN items i ON i.id = a.item_id"
                 " WHERE l.undone_at IS NULL ORDER BY l.id"
             )
             .fetchall()
         )
-        return [
-            Label(
-                assessor=r["assessor"],
-                item=r["key"],
-                prompt=r["prompt"],
-                system_a=r["system_a"],
-                system_b=r["system_b"],
-                left=r["left_side"],
-                choice=r["choice"],
-                gold=r["gold"],
-                assignment=r["assignment"],
-                repeat_of=r["repeat_of"],
-                created_at=r["created_at"],
-                shown_at=r["shown_at"],
-                reasons=json.loads(r["reasons"]),
-            )
-            for r in rows
-        ]
+        return [Label(**{**dict(r), "reasons": json.loads(r["reasons"])}) for r in rows]
 
     def items(self) -> dict[str, Item]:
         rows = self.conn().execute("SELECT * FROM items").fetchall()

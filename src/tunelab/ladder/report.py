@@ -327,18 +327,17 @@ figure {{ display: inline-block; margin: 1rem 1rem 0 0; }} img {{ max-width: 560
 
 def print_table(ladder: Ladder, console) -> None:
     """The table in the terminal (wide enough not to wrap when the output is a file or a pipe)."""
-    from rich.table import Table
-
+    from tunelab.console import table as console_table
     from tunelab.console import table_console
 
     if not console.is_terminal:
         console = table_console()
     vs = vs_best(ladder)
-    table = Table(
-        title=f"ladder: {ladder.cfg.model.name} on {ladder.task.name} ({ladder.task.metric}, held out)"
+    table = console_table(
+        f"ladder: {ladder.cfg.model.name} on {ladder.task.name} ({ladder.task.metric}, held out)",
+        COLUMNS,
+        left=("rung",),
     )
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c == "rung" else "right")
     for r in ladder.results.values():
         table.add_row(*cells(ladder, r, vs))
     console.print(table)
