@@ -25,6 +25,11 @@ BOILERPLATE = [
 ]
 
 
+def _share(default: float, description: str):
+    """A threshold on a share of the document (of its words, lines or characters): 0 to 1."""
+    return Field(default, ge=0, le=1, description=description)
+
+
 class CleanConfig(Section):
     fix_unicode: bool = Field(True, description="repair mojibake and broken Unicode with ftfy")
     normalize_whitespace: bool = Field(
@@ -50,17 +55,13 @@ class CleanConfig(Section):
     max_symbol_ratio: float | None = Field(
         0.1, ge=0, le=1e9, description="drop when '#' or ellipses per word exceed this (Gopher)"
     )
-    max_digit_ratio: float | None = Field(
-        0.25, ge=0, le=1, description="drop when digits are more than this share of non-space characters"
+    max_digit_ratio: float | None = _share(
+        0.25, "drop when digits are more than this share of non-space characters"
     )
-    min_alpha_words: float | None = Field(
-        0.8, ge=0, le=1, description="drop when fewer words than this share hold a letter"
-    )
-    max_bullet_lines: float | None = Field(
-        0.9, ge=0, le=1, description="drop when more lines than this share start with a bullet"
-    )
-    max_ellipsis_lines: float | None = Field(
-        0.3, ge=0, le=1, description="drop when more lines than this share end with an ellipsis"
+    min_alpha_words: float | None = _share(0.8, "drop when fewer words than this share hold a letter")
+    max_bullet_lines: float | None = _share(0.9, "drop when more lines than this share start with a bullet")
+    max_ellipsis_lines: float | None = _share(
+        0.3, "drop when more lines than this share end with an ellipsis"
     )
     min_stop_words: int | None = Field(
         2,
@@ -69,17 +70,15 @@ class CleanConfig(Section):
         description="drop when fewer distinct stop words appear (English text; null for others)",
     )
     stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS), description="the stop words")
-    max_no_punct_lines: float | None = Field(
+    max_no_punct_lines: float | None = _share(
         0.88,
-        ge=0,
-        le=1,
-        description="drop when more lines than this share end without terminal punctuation (hard-wrapped text: null)",
+        "drop when more lines than this share end without terminal punctuation (hard-wrapped text: null)",
     )
-    max_dup_lines: float | None = Field(
-        0.3, ge=0, le=1, description="drop when more lines than this share are repeats of an earlier line"
+    max_dup_lines: float | None = _share(
+        0.3, "drop when more lines than this share are repeats of an earlier line"
     )
-    max_dup_line_chars: float | None = Field(
-        0.2, ge=0, le=1, description="drop when repeated lines hold more than this share of characters"
+    max_dup_line_chars: float | None = _share(
+        0.2, "drop when repeated lines hold more than this share of characters"
     )
     max_top_ngram: dict[int, float] = Field(
         default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16},
@@ -93,9 +92,7 @@ class CleanConfig(Section):
     languages: list[str] | None = Field(
         None, description="keep only these languages (ISO 639-1, e.g. [en]); null = no language filter"
     )
-    min_language_score: float = Field(
-        0.65, ge=0, le=1, description="lowest probability of a kept language (py3langid)"
-    )
+    min_language_score: float = _share(0.65, "lowest probability of a kept language (py3langid)")
     examples: int = Field(
         3, ge=0, le=1_000_000_000, description="dropped documents shown per reason in the report"
     )
