@@ -41,6 +41,9 @@ def test_bf16_first_step_matches_fp32(stage, tmp_path, cli, one_thread):
     # bf16 did compute: the numbers are not fp32's to the last bit
     assert (bf16["loss"], bf16["grad_norm"]) != (fp32["loss"], fp32["grad_norm"])
     assert "precision: bf16\n" in (out / "config.yaml").read_text()
+    if stage == "rl":  # the trainer's log-probs are the old ones; the bf16 sampler's are weighed and logged
+        assert bf16["sampler_logp_mismatch"] > 0 and 0 < bf16["tis_weight"] <= 2.0
+        assert "sampler_logp_mismatch" not in fp32
 
 
 def test_bf16_learns_as_fp32_does(tmp_path, cli, one_thread):

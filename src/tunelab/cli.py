@@ -122,6 +122,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
+        dest="compute_precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
         help="the number format forwards compute in (as train.precision; default auto: bf16 where it "
@@ -399,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.errors import TunelabError
 
     try:
-        if not hasattr(args, "precision"):
+        if not hasattr(args, "compute_precision"):
             return args.func(args)
         from tunelab.models import precision  # generate, score, select, best-of-n: --precision
 
-        with precision.using(precision.resolve(args.precision)):
+        with precision.using(precision.resolve(args.compute_precision)):
             return args.func(args)
     except TunelabError as err:
         print(f"tunelab {args.command}: error: {err}", file=sys.stderr)
