@@ -6,6 +6,7 @@ loss + 0.02, and the same for the gradient norm (bf16 keeps 8 bits of mantissa: 
 the differences measured here were 0.1-1%). Kill-and-resume under bf16 is in tests/test_resume.py.
 """
 
+import contextlib
 import json
 
 import pytest
@@ -130,3 +131,28 @@ def test_forwards_compute_in_the_precision_in_use():
     with precision.using(precision.resolve("fp32", "cpu")), precision.compute():
         assert layer(x).dtype == torch.float32
     assert layer.weight.dtype == torch.float32  # autocast casts as it computes; the weight stays
+
+
+def test_decoding_casts_frozen_weights_once_with_the_same_result(one_thread):
+    from tunelab.models.adapters import AdapterSpec, attach_adapter
+    from tunelab.models.generation import decode_dropping_finished, left_padded
+    from tunelab.models.load import load_model
+
+    model, tok = load_model("tiny:llama")
+    model = attach_adapter(
+        model, tok, AdapterSpec(kind="lora", r=4, alpha=8, dropout=0.0, targets="all-linear")
+    )
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    enc = left_padded(tok, ["one two", "three four five six"])
+    runs = []
+    with precision.using(precision.resolve("bf16", "cpu")):
+        for once in (False, True):
+            cast = precision.weights_cast_once(model) if once else contextlib.nullcontext()
+            with torch.no_grad(), precision.compute(), cast:
+                torch.manual_seed(0)
+                runs.append(
+                    decode_dropping_finished(model, enc, 6, {10_000}, tok.pad_token_id, 1.0, repeats=2)
+                )
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)  # tokens, log-probs, entropies: bitwise
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == frozen

@@ -197,7 +197,12 @@ def complete(
     enc = left_padded(tok, texts).to(model.device)
     sampling = temperature > 0
     # LoRA merged while decoding: one matmul per adapted layer instead of three (models/adapters.py)
-    with torch.random.fork_rng(devices=[], enabled=seed is not None), lora_merged(model), precision.compute():
+    with (
+        torch.random.fork_rng(devices=[], enabled=seed is not None),
+        lora_merged(model),
+        precision.compute(),
+        precision.weights_cast_once(model),
+    ):
         if seed is not None:
             torch.manual_seed(seed)
         options = dict(

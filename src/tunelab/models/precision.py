@@ -90,6 +90,28 @@ def compute():
     return _CURRENT.get().autocast()
 
 
+@contextlib.contextmanager
+def weights_cast_once(model) -> Iterator[None]:
+    """Inside one `compute()` region, each weight is cast to bf16 once instead of at every forward.
+
+    autocast caches its cast of a weight for the rest of the region, but only for weights that
+    require grad; decoding runs every weight again for each new token, so the frozen ones (a LoRA
+    base, a reference model) would be cast as often. They are marked as requiring grad for the while:
+    no graph is built (decoding runs under no_grad) and the cached copy is the very cast autocast
+    would make each time, so the results are bitwise the same (tests/test_precision.py). Not under
+    FSDP, whose parameters are its own."""
+    frozen = []
+    if current().mixed and not any(hasattr(p, "full_tensor") for p in model.parameters()):
+        frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def default_device_type() -> str:
     """Where a run computes: CUDA when there is one (as accelerate decides), else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"

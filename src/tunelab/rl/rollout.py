@@ -271,7 +271,7 @@ class RolloutSource:
         """One step's rollout: sample G completions per prompt, score them, lay them out for the loss.
         Every forward computes in the run's precision (models/precision.py)."""
         self.policy.eval()
-        with precision.compute():
+        with precision.compute(), precision.weights_cast_once(self.policy):
             sampled = self.sample(examples, seed)
             scored = self.score(examples, sampled.completions)
             batch = self.to_batch(sampled, scored)
