@@ -15,6 +15,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # share, and with two threads OpenMP spin-waits. With one other busy process on this 2-core machine,
 # a GRPO test plus tests/test_train.py took 270 s on two threads and 29 s on one (measured).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `train.precision=auto` means fp32 in the suite on every machine (an AMX CPU would pick bf16): pinned
+# losses must not depend on the machine; tests/test_precision.py forces the measurement instead
+os.environ.setdefault("TUNELAB_AUTO_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

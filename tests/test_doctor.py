@@ -2,6 +2,7 @@
 known-bad combinations, each checked on hand-made inputs."""
 
 import importlib.metadata as md
+import json
 
 import pytest
 
@@ -52,6 +53,9 @@ def test_doctor_checks_that_the_embedded_model_loads(cli, tmp_path, monkeypatch,
     for name in CORE:  # the versions that matter most, as installed
         assert f"{name}│{md.version(name)}" in text
     assert "freedisk:" in text and "freememory:" in text
+    # both peaks measured now, and what auto picks (the suite fixes auto to fp32: tests/conftest.py)
+    assert "GFLOP/s,bf16" in text and "train.precision=autopicksfp32here(TUNELAB_AUTO_PRECISION=fp32)" in text
+    assert json.loads((tmp_path / "precision.json").read_text())  # the measurement is cached
     assert squeeze("smollm2-135m: installed (SmolLM2-135M-Instruct.Q4_1.gguf), not converted yet") in text
 
     converted = tmp_path / "models" / "smollm2-135m"  # a stand-in for the converted model: the tiny one

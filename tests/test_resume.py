@@ -52,6 +52,9 @@ CASES = {  # name: (stage, data rows, overrides)
     "rm": ("rm", PREFS, ["adapter=lora", "data.eval_split=0.25", "train.eval_every=3"]),
     "dpo": ("dpo", PREFS, ["adapter=lora", "lora.dropout=0.1", "data.eval_split=0.25", "train.eval_every=3"]),
     "rl-grpo": ("rl", PROMPTS, ["algo=grpo", *RL]),
+    # mixed precision: autocast is deterministic, so a resumed bf16 run ends bitwise equal too
+    "sft-lora-bf16": ("sft", PAIRS, ["adapter=lora", "train.precision=bf16", *SFT]),
+    "rl-grpo-bf16": ("rl", PROMPTS, ["algo=grpo", "train.precision=bf16", *RL]),
     # 3 updates per rollout: checkpoints every 2 steps fall between two updates on the same rollout
     "rl-ppo": ("rl", PROMPTS, ["algo=ppo", "rl.ppo_epochs=3", *RL]),
 }

@@ -178,6 +178,22 @@ def check_embedded(name: str, load: bool) -> tuple[str, str | None]:
     )
 
 
+def precision_lines() -> list[str]:
+    """The CPU's bf16 features, both matmul peaks measured now, and what train.precision=auto picks."""
+    from tunelab.models import precision
+
+    flags = precision.cpu_flags()
+    shown = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in flags.items())
+    peaks = precision.cpu_peaks(refresh=True)  # measured now (a second or two); the cache is updated
+    auto = precision.resolve("auto")
+    m, k, n = precision.PEAK_SHAPE
+    return [
+        f"cpu: {precision.cpu_model()} ({shown})",
+        f"matmul {m}x{k}x{n} now: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        f"train.precision=auto picks {auto.name} here ({auto.why})",
+    ]
+
+
 def run_doctor(load: bool = False) -> int:
     from tunelab.models.load import EMBEDDED, cache_dir
 
@@ -195,6 +211,8 @@ def run_doctor(load: bool = False) -> int:
         f"devices: cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
         + (f", cuda x{torch.cuda.device_count()}" if torch.cuda.is_available() else "")
     )
+    for line in precision_lines():
+        console.print(line)
     disk = shutil.disk_usage(Path.cwd()).free / 2**30
     cache = cache_dir()
     cache_disk = shutil.disk_usage(cache if cache.exists() else Path.home()).free / 2**30

@@ -26,7 +26,6 @@ this machine's measured matmul speed and an efficiency factor.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 RUNTIME_MB = 450.0  # python, torch, transformers, peft, the tokenizer, the loop's logging
@@ -141,20 +140,10 @@ def estimate(
 
 
 def machine_gflops(size: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
-    """Matmul speed of this machine now in `dtype` (best of a few runs of a size x size product)."""
-    import torch
+    """Matmul speed of this machine now in `dtype` (models/precision.py measures it)."""
+    from tunelab.models import precision
 
-    a, b = (
-        torch.randn(size, size, dtype=getattr(torch, dtype)),
-        torch.randn(size, size, dtype=getattr(torch, dtype)),
-    )
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return precision.machine_gflops(size, repeats, dtype)
 
 
 def pretraining_data(params: int) -> dict:

@@ -20,6 +20,13 @@ from tunelab.config.load import SEED_MAX, Section
 Adapter = str  # a name in tunelab.models.adapters.ADAPTERS
 
 
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISION_HELP = (
+    "auto (bf16 on a GPU that has it, or on a CPU where a measured bf16 matmul is clearly faster; else "
+    "fp32) | fp32 | bf16 | fp16 (CUDA, with a gradient scaler); weights and optimizer state stay fp32"
+)
+
+
 class LoraSection(Section):
     r: int = Field(16, ge=1, le=4096, description="rank of the low-rank pair A (r x in), B (out x r)")
     alpha: float = Field(32, gt=0, le=65_536, description="scale: the update is (alpha / r) * B @ A")
@@ -140,6 +147,7 @@ class TrainSection(Section):
         description="wall-time cap: stop (evaluate, keep the best) once training has run this long",
     )
     log_every: int = Field(1, ge=1, le=1_000_000_000, description="log metrics every N steps")
+    precision: PrecisionName = Field("auto", description=PRECISION_HELP)
     guard: GuardSection = Field(default_factory=GuardSection, description="divergence guard")
     early_stop: EarlyStopSection = Field(
         default_factory=EarlyStopSection, description="early stopping; the best checkpoint becomes final/"
@@ -363,7 +371,7 @@ class RolloutSection(Section):
         2.0,
         gt=0,
         le=1e9,
-        description="vLLM: cap of the truncated importance weight pi_trainer / pi_vllm per token (null = off)",
+        description="vLLM, or HF sampling in bf16/fp16: cap of the truncated importance weight pi_trainer / pi_sampler per token (null = off)",
     )
 
 
@@ -549,6 +557,7 @@ class EvalConfig(Section):
     seed: int = Field(
         0, ge=0, le=SEED_MAX, description="seed for few-shot choice, sampling and the bootstrap"
     )
+    precision: PrecisionName = Field("auto", description=PRECISION_HELP)
     out: str | None = Field(None, description="output folder; default runs/eval-<time>")
 
     _out_writable = field_validator("out")(lambda cls, v: writable_folder(v))
@@ -717,6 +726,9 @@ class LadderConfig(Section):
         description="full fine-tuning (small lr, dropout 0.1)",
     )
     max_len: int = Field(256, ge=16, le=1_048_576, description="longest training sequence")
+    precision: PrecisionName = Field(
+        "auto", description="every rung's training, sampling and scoring: " + PRECISION_HELP
+    )
     best_of_n: LadderBestOfN = Field(
         default_factory=LadderBestOfN, description="reward model + best-of-n rung"
     )

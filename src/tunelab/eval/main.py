@@ -20,6 +20,7 @@ from tunelab.config.schema import EvalConfig
 from tunelab.errors import TunelabError
 from tunelab.eval.bon_check import check_line
 from tunelab.eval.harness import StrategyResult, evaluate
+from tunelab.stages.common import in_precision
 
 
 def _interval(metric: tuple[float, float, float]) -> str:
@@ -131,6 +132,7 @@ def _check_best_of_n(
     return checked
 
 
+@in_precision
 def main(cfg: EvalConfig) -> Path:
     from rich.console import Console
 

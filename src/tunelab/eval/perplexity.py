@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from tunelab.models import precision
+
 
 @torch.no_grad()
 def perplexity(model, tok, text: str, *, block: int = 256) -> float:
@@ -22,7 +24,8 @@ def perplexity(model, tok, text: str, *, block: int = 256) -> float:
         chunk = torch.tensor([ids[start : start + block]])  # (1, T)
         if chunk.shape[1] < 2:
             break
-        out = model(input_ids=chunk, attention_mask=torch.ones_like(chunk))
+        with precision.compute():
+            out = model(input_ids=chunk, attention_mask=torch.ones_like(chunk))
         logits = out.logits[:, -chunk.shape[1] :]  # prompt tuning prepends virtual tokens: keep the text's
         loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), chunk[0, 1:], reduction="sum")
         total, count = total + loss.item(), count + chunk.shape[1] - 1

@@ -213,6 +213,13 @@ def results_doc(ladder: Ladder, decision: Decision, vs: dict) -> dict:
     }
 
 
+def _precision_line() -> str:
+    from tunelab.models import precision
+
+    used = precision.current()  # the ladder runs inside its config's precision (stages.common.in_precision)
+    return f"{used.name}, {used.why}"
+
+
 def _notes(ladder: Ladder) -> list[str]:
     base, cfg = ladder.base, ladder.cfg
     try:
@@ -222,6 +229,7 @@ def _notes(ladder: Ladder) -> list[str]:
     lines = [
         f"Held-out rows: {len(ladder.rows)}; training rows: {len(ladder.task.train)}, of which the last "
         f"{n_val} are validation rows the training rungs stop on; model: `{cfg.model.name}`.",
+        f"Precision: {_precision_line()} (precision={cfg.precision}; every rung trains, samples and scores in it).",
         "Intervals: percentile bootstrap 95%; vs best: the rung minus the best rung on the same rows "
         "(paired bootstrap); seeds: the held-out metric's range over seeds=N trainings.",
         "Steps: optimizer steps run (why training stopped: plateau = the validation metric stopped "

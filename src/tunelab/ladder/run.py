@@ -28,6 +28,7 @@ from tunelab.ladder.curves import learning_curves
 from tunelab.ladder.report import print_table, write_report
 from tunelab.ladder.rungs import RUNGS, baseline, plan_line, split_validation, train_rung
 from tunelab.ladder.state import Ladder, RungResult
+from tunelab.stages.common import in_precision
 
 
 def _progress(console):
@@ -63,6 +64,7 @@ def _progress_file(ladder: Ladder) -> None:
     (ladder.out / "results.json").write_text(json.dumps(doc, indent=1))
 
 
+@in_precision
 def main(cfg: LadderConfig) -> Path:
     from rich.console import Console
 

@@ -194,7 +194,8 @@ class Ladder:
         run_dir = (self.out / "runs" / name).resolve()
         log = run_dir.with_suffix(".log")
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "tunelab", stage, *overrides, f"out={run_dir}", "resume=never"]
+        cmd = [sys.executable, "-m", "tunelab", stage, *overrides, f"train.precision={self.cfg.precision}"]
+        cmd += [f"out={run_dir}", "resume=never"]
         (run_dir.parent / f"{name}.cmd").write_text(" ".join(cmd[1:]) + "\n")
         bar = self.progress.add_task(f"  {name}: {stage} training", total=steps) if self.progress else None
         start = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.data.render import RenderOptions, prompt_text
+from tunelab.models import precision
 from tunelab.models.adapters import lora_merged
 from tunelab.models.capability import inner, prompt_learning, sharded
 from tunelab.models.forward import logprobs_of
@@ -196,7 +197,12 @@ def complete(
     enc = left_padded(tok, texts).to(model.device)
     sampling = temperature > 0
     # LoRA merged while decoding: one matmul per adapted layer instead of three (models/adapters.py)
-    with torch.random.fork_rng(devices=[], enabled=seed is not None), lora_merged(model):
+    with (
+        torch.random.fork_rng(devices=[], enabled=seed is not None),
+        lora_merged(model),
+        precision.compute(),
+        precision.weights_cast_once(model),
+    ):
         if seed is not None:
             torch.manual_seed(seed)
         options = dict(

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tunelab.data.render import RenderOptions, render_answer
+from tunelab.models import precision
 
 Item = str | tuple[str, str]  # a rendered text, or (prompt, answer)
 
@@ -56,7 +57,8 @@ class RewardScorer:
             seqs = [self.ids(it) for it in items[start : start + self.batch_size]]
             segments = [Segment([], [s], [[IGNORE] * len(s)]) for s in seqs]  # each answer on its own
             batch = lay_out(segments, self.tok.pad_token_id, packed=False)
-            out += layout_rewards(self.model, batch.to(self.model.device)).tolist()
+            with precision.compute():  # the precision of the command in use (models/precision.py)
+                out += layout_rewards(self.model, batch.to(self.model.device)).tolist()
         return out
 
 

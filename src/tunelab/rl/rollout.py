@@ -28,6 +28,7 @@ from torch import Tensor
 from tunelab.data.layout import Layout, Segment, lay_out
 from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.losses import policy as P
+from tunelab.models import precision
 from tunelab.models.adapters import lora_merged
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.forward import layout_logprobs, logprobs_of
@@ -267,11 +268,13 @@ class RolloutSource:
 
     @torch.no_grad()
     def make_batch(self, examples: list[dict], seed: int) -> RolloutBatch:
-        """One step's rollout: sample G completions per prompt, score them, lay them out for the loss."""
+        """One step's rollout: sample G completions per prompt, score them, lay them out for the loss.
+        Every forward computes in the run's precision (models/precision.py)."""
         self.policy.eval()
-        sampled = self.sample(examples, seed)
-        scored = self.score(examples, sampled.completions)
-        batch = self.to_batch(sampled, scored)
+        with precision.compute(), precision.weights_cast_once(self.policy):
+            sampled = self.sample(examples, seed)
+            scored = self.score(examples, sampled.completions)
+            batch = self.to_batch(sampled, scored)
         self.policy.train()
         self.watch(batch.stats)
         if self.hacking is not None:
@@ -324,18 +327,21 @@ class RolloutSource:
         generated = sampled.completion_mask[:, sampled.prompt_len :]  # (N, C)
         on_device = seqs.to(self.policy.device)
         is_weight, sampler_stats = None, {}
-        if self.sampler is None:
-            # the sampling distribution's log-probs come with sampling (raw logits / temperature); the
-            # trainer recomputes them in its own forward at the update and logs the mismatch (logp_mismatch)
+        if self.sampler is None and not precision.current().mixed:
+            # fp32: the sampling distribution's log-probs come with sampling (raw logits / temperature);
+            # the trainer recomputes them in its own forward at the update and logs the mismatch
             gen_logp, gen_entropy = sampled.gen_out  # (N, C) each
             old_logp, entropy = gen_logp[generated], gen_entropy[generated]  # (K,)
-        else:  # vLLM: the trainer's own log-probs are the old ones; vLLM's only weigh and get logged
+        else:  # vLLM, or HF decoding in bf16 / fp16 (cached, other batch shapes: other rounding): the
+            # trainer's own log-probs are the old ones; the sampler's only weigh and get logged
             from tunelab.rl.vllm_backend import truncated_is_weights
 
             logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
             old_logp, entropy = logp.cpu(), ent.cpu()
-            sampler_logp = sampled.gen_out[generated]  # (K,)
-            sampler_stats = {"vllm_logp_mismatch": float((old_logp - sampler_logp).abs().mean())}
+            gen = sampled.gen_out if self.sampler is not None else sampled.gen_out[0]
+            sampler_logp = gen[generated]  # (K,)
+            name = "vllm_logp_mismatch" if self.sampler is not None else "sampler_logp_mismatch"
+            sampler_stats = {name: float((old_logp - sampler_logp).abs().mean())}
             if cfg.rollout.tis_cap:
                 is_weight = truncated_is_weights(old_logp, sampler_logp, cfg.rollout.tis_cap)
                 sampler_stats["tis_weight"] = float(is_weight.mean())

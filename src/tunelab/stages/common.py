@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -11,6 +12,21 @@ import torch
 from tunelab.config.schema import StageConfig
 from tunelab.data.render import RenderOptions, Tokenized, fit_length, render_row
 from tunelab.data.split import split_holdout  # noqa: F401  (stages import it from here)
+
+
+def in_precision(main):
+    """A command's `main(cfg)`, run with every forward in the config's precision (`train.precision`, or
+    `precision` for eval and the ladder), resolved once on this machine (models/precision.py)."""
+    from tunelab.models import precision
+
+    @functools.wraps(main)
+    def run(cfg):
+        train = getattr(cfg, "train", None)
+        requested = getattr(train, "precision", None) or getattr(cfg, "precision", "auto")
+        with precision.using(precision.resolve(requested)):
+            return main(cfg)
+
+    return run
 
 
 def seed_everything(seed: int) -> None:

@@ -26,7 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
 from tunelab.models.capability import inner, takes_4d_mask
 from tunelab.models.forward import sequence_logprobs
-from tunelab.stages.common import prepare_model, render_options, split_holdout
+from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
 from tunelab.train.loop import train
 
 
@@ -110,6 +110,7 @@ def render_pairs(rows, tok, cfg: DPOConfig):
     return pairs
 
 
+@in_precision
 def main(cfg: DPOConfig) -> Path:
     if not cfg.data.train:
         raise TunelabError("dpo needs preference pairs: set data.train=PATH (prompt, chosen, rejected).")

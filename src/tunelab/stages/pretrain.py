@@ -19,13 +19,14 @@ from tunelab.data.prep.tokenize import is_token_dir
 from tunelab.data.sources import TextBlocks, text_paths
 from tunelab.errors import TunelabError
 from tunelab.models.capability import takes_4d_mask
-from tunelab.stages.common import prepare_model
+from tunelab.stages.common import in_precision, prepare_model
 from tunelab.stages.sft import loss_fn  # the same next-token loss; here every position carries a label
 from tunelab.train.loop import train
 
 __all__ = ["loss_fn", "main"]
 
 
+@in_precision
 def main(cfg: PretrainConfig) -> Path:
     if not cfg.data.train:
         raise TunelabError(

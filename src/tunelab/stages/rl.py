@@ -26,7 +26,7 @@ from tunelab.models.forward import layout_logprobs
 from tunelab.rl.algos import ALGOS
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutBatch, RolloutSource
-from tunelab.stages.common import prepare_model, render_options, split_holdout
+from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
 from tunelab.train.run_folder import default_run_dir, trained_now
@@ -76,6 +76,7 @@ def reference(model, cfg: RLConfig):
     return frozen_logp
 
 
+@in_precision
 def main(cfg: RLConfig) -> Path:
     if not cfg.data.train:
         raise TunelabError(

@@ -27,7 +27,7 @@ from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models import rm_gate
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.reward import layout_rewards
-from tunelab.stages.common import prepare_model, render_options, split_holdout
+from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
 from tunelab.train.loop import train
 from tunelab.train.run_folder import trained_now
@@ -121,6 +121,7 @@ def plot_calibration(calib: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@in_precision
 def main(cfg: RMConfig) -> Path:
     if not cfg.data.train:
         raise TunelabError("rm needs preference pairs: set data.train=PATH (prompt, chosen, rejected).")

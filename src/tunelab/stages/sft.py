@@ -22,7 +22,7 @@ from tunelab.errors import TunelabError
 from tunelab.losses.lm import lm_loss_sum
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.forward import next_token_logits
-from tunelab.stages.common import prepare_model, render_rows, split_holdout
+from tunelab.stages.common import in_precision, prepare_model, render_rows, split_holdout
 from tunelab.train.loop import train
 
 
@@ -39,6 +39,7 @@ def data_kind(path: str) -> str:
     return "pairs"
 
 
+@in_precision
 def main(cfg: SFTConfig) -> Path:
     if not cfg.data.train:
         raise TunelabError(

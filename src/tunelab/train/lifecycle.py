@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config.schema import StageConfig
+from tunelab.models import precision
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import guard as guarding
 from tunelab.train import resume_check
@@ -205,6 +206,7 @@ def write_report(
         "peak_memory_mb": peak_memory_mb(),
         "peak_rss_mb_per_rank": peak_per_rank,
         "guard": {"skipped": guard.skipped, "rollbacks": guard.rollbacks, "events": guard.events},
+        **precision.current().record(),  # precision, precision_requested, precision_why
         "processes": run.dist.world,
         "distributed": run.dist.mode,
         "failed": facts["failed"],

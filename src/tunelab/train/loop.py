@@ -28,6 +28,7 @@ import torch
 
 from tunelab.config.schema import StageConfig
 from tunelab.errors import TunelabError
+from tunelab.models import precision
 from tunelab.train import guard as guarding
 from tunelab.train.dist import Dist, to_device
 from tunelab.train.dist import setup as setup_dist
@@ -85,7 +86,8 @@ def evaluate(model, loss_fn: LossFn, batches: list) -> dict[str, float]:
     model.eval()
     total, units, sums = 0.0, 0, {}
     for batch in batches:
-        loss_sum, metrics = loss_fn(model, batch)
+        with precision.compute():
+            loss_sum, metrics = loss_fn(model, batch)
         total += float(loss_sum)
         units += batch.n_targets
         for k, v in metrics.items():
@@ -115,14 +117,23 @@ def train(
     """Train `model` and return the run folder (see DESIGN.md for its layout).
 
     `evaluators` are called with the model every train.eval_every steps; the metrics they return
-    (named eval_*) are logged and can drive early stopping like eval_loss.
+    (named eval_*) are logged and can drive early stopping like eval_loss. Every forward (training,
+    evaluation, sampling) computes in train.precision (models/precision.py).
     """
-    from rich.console import Console
-
-    tc = cfg.train
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     dist = setup_dist(cfg)
+    with precision.using(precision.resolve(cfg.train.precision, dist.device.type)):
+        facts = {"eval_batches": eval_batches, "evaluators": evaluators, "report": report, "unit": unit}
+        return _train(model, tok, batches, loss_fn, cfg, dist, run_dir, stage=stage, **facts)
+
+
+def _train(
+    model, tok, batches, loss_fn, cfg, dist, run_dir, *, stage, eval_batches, evaluators, report, unit
+):
+    from rich.console import Console
+
+    tc = cfg.train
     console = Console(stderr=True, quiet=not dist.is_main)  # one voice: rank 0
     if dist.world > 1:
         if not hasattr(batches, "shard"):
@@ -137,6 +148,7 @@ def train(
     total = total_steps(cfg, batches)
     guard = Guard(tc.guard)
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
+    scaler = torch.amp.GradScaler(dist.device.type) if precision.current().name == "fp16" else None
     run = Checkpoints(run_dir, unwrapped, optimizer, dist, batches, guard, tc.keep_last, params)
     state = run.resume(cfg, stage, total, console)
     if run.nothing_to_do:
@@ -156,7 +168,7 @@ def train(
             t0 = time.perf_counter()
             micro = _take(source, tc.grad_accum, dist, run_dir, state)
             row = _step(
-                model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console
+                model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console, scaler
             )
             if row["skipped"] and guard.must_roll_back:
                 run.roll_back(state, tc.guard.lr_factor, console)
@@ -201,9 +213,13 @@ def train(
     return run_dir
 
 
-def _step(model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console) -> dict:
+def _step(
+    model, optimizer, params, micro, loss_fn, state, total, tc, dist, guard, undo, console, scaler
+) -> dict:
     """One optimizer step over the step's micro-batches: the mean loss over the global batch's units,
-    its gradient clipped, applied unless the guard refuses it. Returns the step's metrics row."""
+    its gradient clipped, applied unless the guard refuses it. Returns the step's metrics row.
+    Forwards run in the precision in use; with fp16 a gradient scaler scales the loss, and an
+    overflowed step is skipped (the scale halves) without counting against the guard."""
     (units,) = dist.sum([float(sum(b.n_targets for b in micro))])  # the global batch's units
     lr = lr_at(state.step, total, tc) * state.lr_scale
     for group in optimizer.param_groups:
@@ -211,9 +227,11 @@ def _step(model, optimizer, params, micro, loss_fn, state, total, tc, dist, guar
     loss_total, metric_sums = 0.0, {}
     for i, batch in enumerate(micro):
         with dist.no_sync(model, sync=i == len(micro) - 1):
-            loss_sum, metrics = loss_fn(model, batch)
+            with precision.compute():
+                loss_sum, metrics = loss_fn(model, batch)
             # / units: the mean over the global batch; x processes: DDP and FSDP average over ranks
-            dist.backward(loss_sum * (dist.world / max(units, 1.0)))
+            scaled = loss_sum.float() * (dist.world / max(units, 1.0))
+            dist.backward(scaler.scale(scaled) if scaler else scaled)
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
@@ -223,13 +241,22 @@ def _step(model, optimizer, params, micro, loss_fn, state, total, tc, dist, guar
     n_units = max(units, 1.0)
     loss = loss_total / n_units
     max_norm = tc.max_grad_norm if tc.max_grad_norm else float("inf")
+    if scaler:
+        scaler.unscale_(optimizer)
     grad_norm = dist.clip_grad_norm(params, max_norm)
-    reason = guard.check(loss, grad_norm)
+    overflow = scaler is not None and not math.isfinite(grad_norm)
+    reason = (
+        f"fp16 overflow (loss scale now {scaler.get_scale() / 2:g})"
+        if overflow
+        else guard.check(loss, grad_norm)
+    )
     if reason is None:
         reason = guarding.guarded_step(optimizer, undo, guard, dist)  # undone if it poisons a weight
     if reason is not None:
         guard.events.append({"step": state.step + 1, "event": "skipped", "reason": reason})
         console.print(f"[yellow]step {state.step + 1}: update skipped ({reason})[/yellow]")
+    if scaler:
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
     release_freed_memory()
     state.step += 1

@@ -51,6 +51,8 @@ def write_report(run_dir: Path, cfg, n_params: tuple[int, int], summary: dict, d
             if len(summary.get("peak_rss_mb_per_rank", [])) > 1
             else ""
         ),
+        f"- precision: {summary.get('precision', 'fp32')} (train.precision={cfg.train.precision}: "
+        f"{summary.get('precision_why', 'asked for')}); weights and optimizer state in fp32",
         f"- speed: {statistics.median(speeds):.0f} {summary.get('unit', 'target tokens')}/s (median over steps)"
         if speeds
         else "- speed: n/a",

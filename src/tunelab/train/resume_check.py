@@ -59,7 +59,7 @@ MAY_CHANGE = (
     "lora.dropout",
 )
 # written into config.yaml beside the settings, derived from them and the machine
-DERIVED = ("total_steps", "global_batch", "processes", "distributed_mode")
+DERIVED = ("total_steps", "global_batch", "processes", "distributed_mode", "precision", "precision_why")
 CONTENTS = "data.train (contents)"
 # rows per global micro-batch: what the data position counts in, so it may not change; how it is
 # shared out between processes may (resuming on another number of processes is supported)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunelab.config import dump_config
 from tunelab.config.schema import StageConfig
+from tunelab.models import precision
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.checkpoint import how_to_go_on, writing  # noqa: F401  (the loop imports them from here)
 from tunelab.train.dist import Dist
@@ -53,10 +54,12 @@ def write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist: 
 
 def _write_config(run_dir: Path, cfg: StageConfig, stage: str, total: int, dist: Dist) -> None:
     tc = cfg.train
+    used = precision.current()  # what train.precision resolved to on this machine, and why
     (run_dir / "config.yaml").write_text(
         dump_config(cfg) + f"# derived\nstage: {stage}\ntotal_steps: {total}\n"
         f"global_batch: {tc.batch_size * tc.grad_accum * dist.world}\n"
         f"processes: {dist.world}\ndistributed_mode: {dist.mode}\n"
+        f"precision: {used.name}\nprecision_why: {json.dumps(used.why)}\n"
     )
 
 
