@@ -91,6 +91,7 @@ def main(argv=None) -> None:
             "flops_per_s": flops / seconds,
             "answers_digest": hashlib.sha1("\n".join(answers).encode()).hexdigest()[:12],
             "first_answers": answers[:2],
+            "prompts": len(texts),
             "precision": precision,
             "precision_why": why,
         }

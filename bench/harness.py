@@ -195,7 +195,7 @@ class Variant:
     asked: str
     computes: str
     rounds: int
-    warmup: int | None = None  # None: the workload's own; 0 for bf16 where bf16 is slow
+    short: bool = False  # a bf16 run where bf16 is slow: 1 round, no warm-up step (Workload.shorter too)
     same_as: str = ""  # "auto": this fp32 run is also tunelab's auto (auto resolved to fp32)
 
     @property
@@ -210,11 +210,10 @@ def precisions_of(side: str) -> list[str]:
     return ["auto", "fp32"] if side == "tunelab" else ["bf16", "fp32"]
 
 
-def plan(
-    sides: list[str], auto: dict, peaks: dict[str, float], rounds: int
-) -> tuple[list[Variant], list[str]]:
+def plan(work: Workload, auto: dict, peaks: dict[str, float], rounds: int) -> tuple[list[Variant], list[str]]:
     """Every side at each of its precisions, in run order (same precision side by side: A B A B), and the
     notes that say what was merged or shortened and why."""
+    sides = work.sides
     slow = peaks["bf16"] < SLOW_BF16 * peaks["fp32"]
     measured = f"measured bf16 {peaks['bf16']:.0f} vs fp32 {peaks['fp32']:.0f} GFLOP/s"
     notes = []
@@ -227,6 +226,7 @@ def plan(
             f"bf16 is slow here ({measured}, under {SLOW_BF16:g}x fp32): bf16 sides ran 1 round "
             "with no warm-up step (same measured steps)"
         )
+        notes += [f"{side} at bf16: {why}" for side, (_, _, why) in work.shorter.items()]
     variants = []
     for side in sides:
         for asked in precisions_of(side):
@@ -240,7 +240,7 @@ def plan(
                     asked,
                     computes,
                     1 if short else rounds,
-                    warmup=0 if short else None,
+                    short=short,
                     same_as="auto"
                     if side == "tunelab" and asked == "fp32" and auto["name"] == "fp32"
                     else "",
@@ -301,6 +301,8 @@ class Workload:
     higher_is_better: bool = True
     goal: float | None = None  # tunelab / other ratio it should reach
     note: str = ""
+    # side -> (extra args, its share of the work, why): where bf16 is slow, that side's bf16 run does less
+    shorter: dict[str, tuple[list[str], float, str]] = field(default_factory=dict)
 
 
 def summarise(
@@ -364,13 +366,12 @@ def summarise(
 
 
 def same_answers(runs: list[Run]) -> dict | None:
-    """Greedy generation only: per precision, whether every side gave the same answers (their digests)."""
+    """Greedy generation only: per precision and prompt count, whether every side gave the same answers."""
     digests = {}
     for r in runs:
         if "answers_digest" in r.result:
-            digests.setdefault(r.variant.computes, {})[f"{r.side} {r.variant.label}"] = r.result[
-                "answers_digest"
-            ]
+            key = f"{r.variant.computes}, {r.result.get('prompts', '?')} prompts"
+            digests.setdefault(key, {})[f"{r.side} {r.variant.label}"] = r.result["answers_digest"]
     return {p: {"same": len(set(d.values())) == 1, "digests": d} for p, d in digests.items()} or None
 
 
