@@ -310,7 +310,7 @@ def estimate(work: Workload, runs: list[Run], auto: dict, peaks: dict) -> dict:
 
 def run_workload(
     work: Workload, rounds: int, auto: dict, log_dir: Path
-) -> tuple[list[Run], list[dict], list, list]:
+) -> tuple[list[Run], list[dict], list[Variant], list[str]]:
     """Every side at each of its precisions, A B A B, the peaks of both precisions before and after each round."""
     peaks = [matmul_peaks()]
     variants, notes = plan(work, auto, peaks[0], rounds)

@@ -134,7 +134,7 @@ try:
     load_config(SFTConfig, None, ["train.precision=fp32"])
     out["key"] = True
 except Exception as e:
-    out["key"], out["key_error"] = False, f"{type(e).__name__}: {e}"[:300]
+    out["key"], out["key_error"] = False, " ".join(str(e).split(". Valid keys")[0].split())[:300]
 try:
     from tunelab.models.precision import resolve
     r = resolve("auto")
