@@ -23,7 +23,8 @@ under half the fp32 one (a CPU without AMX or AVX-512 BF16, where bf16 is ~5x sl
 one round with no warm-up step (the same measured steps; too slow to be a side's fastest, and it keeps
 the full run near 50 minutes on 2 cores), and HF's one-prompt-at-a-time side generates for the first 16
 of the 64 prompts (its rate does not depend on how many; alone it would take ~13 min there); the result
-files say so. Figures are medians over rounds.
+files say so. Estimated there from the 2026-11-28 fp32 run (33 min): + 17 min of bf16 sides if a bf16 step
+takes 3x an fp32 one, + 27 min at the full 5x. `--quick` prints its own estimate of the full run. Figures are medians over rounds.
 Every result records the CPU (lscpu model, cores, amx_bf16 / amx_tile / avx512_bf16 / avx512f / avx2).
 Writes bench/results/<workload>.json and bench/results/latest.md (the newest result of every workload)
 and prints the tables; each side's output goes to $TMPDIR/tunelab-bench/.
