@@ -1,17 +1,33 @@
 """tunelab vs TRL (and HF generate), side by side on this machine: `python -m bench [WORKLOAD ...] [--quick]`.
 
-    python -m bench                      # every workload, 2 rounds each: tunelab, TRL, tunelab, TRL
+    python -m bench                      # every workload, 2 rounds each, every side at each of its precisions
     python -m bench sft_lora grpo        # some of them
     python -m bench --quick              # few steps, small sizes, one round: a smoke check (results in $TMPDIR)
+                                         # that also estimates how long the full run of those workloads takes
     python -m bench --omp-wait passive   # on a machine that other jobs keep busy
     make bench                           # the same as `python -m bench`
 
-Workloads: sft_lora, sft_full, rm, dpo, grpo, gen, scaling. Each side of each round runs in its own
-process (its peak RSS from os.wait4); the sides alternate A B A B so a shared machine's drift falls on
-both; the fp32 matmul peak is measured before and after every round. Figures are medians over rounds.
+Workloads: sft_lora, sft_full, rm, dpo, grpo, gen, scaling. Each side runs at each of its precisions:
+TRL with `bf16=True` and `bf16=False`, HF generate with bf16 and fp32 weights, tunelab with
+`train.precision=auto` and `fp32`. What `auto` resolves to is asked of tunelab once, in a fresh process
+(`tunelab.models.precision.resolve('auto')`; fp32 assumed, and said, if that cannot be imported); where it
+resolves to fp32 the auto side is the fp32 run, measured once ("auto = fp32 here (measured bf16 X vs
+fp32 Y GFLOP/s)"). A tunelab without the `train.precision` key stops a full run with a message; `--quick`
+then runs tunelab's sides without the override and says so. The speed-up is tunelab's fastest precision
+against the other side's fastest, memory at those settings; MFU is against the matmul peak of the
+precision a run computed in (fp32 and bf16 peaks measured before and after every round).
+
+Each side of each round runs in its own process (its peak RSS from os.wait4); the sides alternate
+A B A B (same precision side by side) so a shared machine's drift falls on both. Where the bf16 peak is
+under half the fp32 one (a CPU without AMX or AVX-512 BF16, where bf16 is ~5x slower), every bf16 side runs
+one round with no warm-up step (the same measured steps; too slow to be a side's fastest, and it keeps
+the full run near 50 minutes on 2 cores), and HF's one-prompt-at-a-time side generates for the first 16
+of the 64 prompts (its rate does not depend on how many; alone it would take ~13 min there); the result
+files say so. Estimated there from the 2026-11-28 fp32 run (33 min): + 17 min of bf16 sides if a bf16 step
+takes 3x an fp32 one, + 27 min at the full 5x. `--quick` prints its own estimate of the full run. Figures are medians over rounds.
+Every result records the CPU (lscpu model, cores, amx_bf16 / amx_tile / avx512_bf16 / avx512f / avx2).
 Writes bench/results/<workload>.json and bench/results/latest.md (the newest result of every workload)
-and prints the table;
-each side's output goes to $TMPDIR/tunelab-bench/.
+and prints the tables; each side's output goes to $TMPDIR/tunelab-bench/.
 Needs the `bench` extra: pip install -e '.[bench]' (TRL), with torch pinned as in the Makefile.
 """
 
@@ -20,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,8 +47,16 @@ from bench.harness import (
     MFU_FORMULA,
     OMP_WAIT,
     RESULTS,
+    Run,
+    Variant,
     Workload,
+    cpu_info,
+    cpu_line,
     matmul_peak,
+    matmul_peaks,
+    plan,
+    precision_table,
+    probe_precision,
     run_side,
     summarise,
     table,
@@ -44,8 +69,13 @@ TRL_SFT_BEST = ["gradient_checkpointing=false", "padding_free=true"]
 TUNELAB_SFT = ["data.group_by_length=true"]
 
 
+QUICK_STEPS, FULL_STEPS, WARMUP = 1, 2, 1  # measured steps of a side (--quick / full) and its warm-up steps
+# a full gen side's work over a --quick one's: 4x the prompts, 2x the new tokens (an upper bound)
+GEN_SCALE = 8.0
+
+
 def workloads(quick: bool) -> dict[str, Workload]:
-    steps = ["--steps", "1" if quick else "2", "--warmup", "1"]
+    steps = ["--steps", str(QUICK_STEPS if quick else FULL_STEPS), "--warmup", str(WARMUP)]
     sft = [*steps, "--tl", *TUNELAB_SFT, "--trl", *TRL_SFT_BEST]
     return {
         w.name: w
@@ -103,27 +133,31 @@ def workloads(quick: bool) -> dict[str, Workload]:
                 ["tunelab", "hf_batched", "hf_single"],
                 ["--prompts", "16", "--new", "32"] if quick else [],
                 unit="new tok/s",
+                # one prompt at a time, so its rate does not depend on how many (the first 16 keep the mix)
+                shorter={"hf_single": (["--prompts", "16"], 0.25, "the first 16 prompts of the 64")},
             ),
         ]
     }
 
 
-def scaling(quick: bool, log_dir) -> dict:
-    """tunelab SFT-LoRA as rows get longer (batch 2) and as the batch grows (256-token rows)."""
+def scaling(quick: bool, log_dir, auto: dict) -> dict:
+    """tunelab SFT-LoRA at `auto` as rows get longer (batch 2) and as the batch grows (256-token rows)."""
     lengths = [256, 512] if quick else [256, 512, 1024, 2048]
     batches = [1, 2] if quick else [1, 2, 4, 8]
     steps = ["--steps", "1" if quick else "2", "--warmup", "1"]
     points = [(2, n) for n in lengths] + [(b, 256) for b in batches if b != 2]
+    precision = ["--precision", "auto"] if auto["key"] else []
+    dtype = auto["name"] if auto["key"] and auto["name"] in ("fp32", "bf16") else "fp32"
     rows = []
     for batch, seq in points:
-        before = matmul_peak()
+        before = matmul_peak(dtype=dtype)
         run = run_side(
             "sft",
             "tunelab",
-            [*steps, "--batch", str(batch), "--seq", str(seq)],
+            [*steps, "--batch", str(batch), "--seq", str(seq), *precision],
             log_dir / f"scaling-{batch}x{seq}.log",
         )
-        peak = (before + matmul_peak()) / 2
+        peak = (before + matmul_peak(dtype=dtype)) / 2
         r = run.result
         rows.append(
             {
@@ -134,10 +168,17 @@ def scaling(quick: bool, log_dir) -> dict:
                 "peak_rss_mb": run.peak_rss_mb,
                 "mfu": r["flops_per_s"] / 1e9 / peak,
                 "matmul_peak_gflops": peak,
+                "precision": dtype,
             }
         )
         print(f"scaling {batch} x {seq}: {rows[-1]}", flush=True)
-    return {"workload": "scaling", "points": rows, "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "workload": "scaling",
+        "points": rows,
+        "cpu": cpu_info(),
+        "auto": auto,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 SFT_SETTINGS = {  # (side, its settings): each run once, 1 warm-up + 2 steps; the fastest of a side is its best
@@ -174,6 +215,7 @@ def sft_settings(log_dir) -> dict:
     return {
         "workload": "sft_settings",
         "runs": found,
+        "cpu": cpu_info(),
         "matmul_peak_gflops": matmul_peak(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -193,23 +235,30 @@ def scaling_table(s: dict) -> str:
 
 
 def latest(out_dir: Path, names: list[str]) -> str:
-    """The table of every workload's newest result in `out_dir` (a rerun of one workload updates its rows)."""
+    """The tables of every workload's newest result in `out_dir` (a rerun of one workload updates its rows),
+    under the CPU each was measured on."""
     found = {
         n: json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()
     }
+    cpus = {}  # CPU line -> the workloads measured on it
+    for n, s in found.items():
+        cpus.setdefault(cpu_line(s["cpu"]) if "cpu" in s else "not recorded", []).append(n)
     summaries = [found[n] for n in names if n in found and "sides" in found[n]]
-    lines = [
-        "Each row: medians of interleaved rounds (tunelab, other, tunelab, other), each side in its own process;",
+    lines = [f"CPU: {line} ({', '.join(ns)})" for line, ns in cpus.items()]
+    lines += [
+        "",
+        "Each row: each side at its fastest precision (tunelab: auto or fp32; TRL: bf16=True or False; HF",
+        "generate: bf16 or fp32 weights), medians of interleaved rounds, each side in its own process;",
         "dates are when each workload ran (`python -m bench WORKLOAD` reruns one).",
         "",
     ]
     if summaries:
-        lines += [
-            table(summaries),
-            "",
-            "Measured: " + ", ".join(f"{s['workload']} {s['date']}" for s in summaries),
-            "",
-        ]
+        lines += [table(summaries), ""]
+        if any("precisions" in side for s in summaries for side in s["sides"].values()):
+            lines += ["Every side at every precision it ran in (its fastest in bold):", ""]
+            lines += [precision_table(summaries), ""]
+        notes = [f"- {s['workload']}: {note}" for s in summaries for note in s.get("notes", [])]
+        lines += [*notes, "", "Measured: " + ", ".join(f"{s['workload']} {s['date']}" for s in summaries), ""]
     if "scaling" in found:
         lines += [
             f"SFT-LoRA scaling (tunelab, {found['scaling']['date']}):",
@@ -218,6 +267,76 @@ def latest(out_dir: Path, names: list[str]) -> str:
             "",
         ]
     return "\n".join([*lines, f"MFU: {MFU_FORMULA}"]) + "\n"
+
+
+def side_args(work: Workload, v: Variant, with_key: bool) -> list[str]:
+    """The child's arguments for one side at one precision."""
+    args = list(work.args)
+    if v.short:  # bf16 where it is slow: no warm-up step, and whatever less the workload's side does
+        if "--warmup" in args:
+            args[args.index("--warmup") + 1] = "0"
+        args += work.shorter.get(v.side, ([], 1.0, ""))[0]
+    if v.side != "tunelab" or with_key:  # without the key: a smoke check of tunelab's own fp32
+        args += ["--precision", v.asked]
+    return args
+
+
+def full_seconds(run: Run, full: Variant, scale: float) -> float:
+    """How long `run` (a --quick side) would take in the full run: its start-up as measured, its work scaled
+    (training: the full run's warm-up + measured steps at its median step; generation: `scale` x the batch)."""
+    r = run.result
+    if "step_s" in r and isinstance(r["step_s"], list) and r["step_s"]:
+        step = statistics.median(r["step_s"])
+        done = step * (WARMUP + QUICK_STEPS)
+        todo = step * ((0 if full.short else WARMUP) + FULL_STEPS)
+    else:
+        done = r["seconds"]
+        todo = done * scale
+    return (run.wall_s - done + todo) * full.rounds
+
+
+def estimate(work: Workload, runs: list[Run], auto: dict, peaks: dict) -> dict:
+    """From a --quick run: the full run's seconds for this workload (2 rounds, the same precision plan)."""
+    full, _ = plan(work, auto, peaks, rounds=2)
+    seconds = 4.0 * (max(v.rounds for v in full) + 1) * 1.05  # both matmul peaks (2 s each) per round + 1
+    per_side = {}
+    for v in full:
+        quick = next((r for r in runs if (r.variant.side, r.variant.asked) == (v.side, v.asked)), None)
+        if quick is not None:
+            share = work.shorter.get(v.side, ([], 1.0, ""))[1] if v.short else 1.0
+            scale = GEN_SCALE * share if work.module == "gen" else 1.0
+            per_side[f"{v.side} {v.label}"] = full_seconds(quick, v, scale)
+    return {"seconds": seconds + sum(per_side.values()), "per_side_s": per_side}
+
+
+def run_workload(
+    work: Workload, rounds: int, auto: dict, log_dir: Path
+) -> tuple[list[Run], list[dict], list[Variant], list[str]]:
+    """Every side at each of its precisions, A B A B, the peaks of both precisions before and after each round."""
+    peaks = [matmul_peaks()]
+    variants, notes = plan(work, auto, peaks[0], rounds)
+    if not auto["key"]:
+        notes.append(
+            "smoke check only: this tunelab has no train.precision key, so its sides ran without the "
+            "override (its own fp32)"
+        )
+    runs = []
+    for r in range(max(v.rounds for v in variants)):
+        for v in variants:  # same precision side by side: drift of a shared machine falls on every side alike
+            if r >= v.rounds:
+                continue
+            args = side_args(work, v, auto["key"])
+            log = log_dir / f"{work.name}-{v.side}-{v.asked}-{r}.log"
+            run = run_side(work.module, v.side, args, log)
+            run.variant = v
+            print(
+                f"{work.name} round {r} {v.side} {v.label}: {run.result['figure']:.4g} {work.unit}, "
+                f"peak RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.0f} s",
+                flush=True,
+            )
+            runs.append(run)
+        peaks.append(matmul_peaks())
+    return runs, peaks, variants, notes
 
 
 def main(argv=None) -> None:
@@ -235,45 +354,62 @@ def main(argv=None) -> None:
         help="OpenMP's wait policy for both sides: active (its default) or passive (a machine shared with other jobs)",
     )
     a = ap.parse_args(argv)
-    # the parent's matmul peak is measured under the children's environment (torch is not loaded yet)
+    # the parent's matmul peaks are measured under the children's environment (torch is not loaded yet)
     os.environ.update({**CHILD_ENV, **OMP_WAIT[a.omp_wait]})
     chosen = a.workloads or names[:-1]  # sft_settings only when asked for
     unknown = [n for n in chosen if n not in names]
     if unknown:
         ap.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(names)}")
     rounds = a.rounds or (1 if a.quick else 2)
+    cpu, auto = cpu_info(), probe_precision()
+    print(f"CPU: {cpu_line(cpu)}\ntunelab auto -> {auto['name']} ({auto['why']})", flush=True)
+    if not auto["key"]:
+        message = (
+            "this tunelab does not take train.precision "
+            f"({auto.get('key_error', '?')}): the benchmark runs tunelab at auto and fp32 through that key."
+        )
+        if not a.quick:
+            sys.exit(f"bench: {message} Install a tunelab that has it, or run --quick for a smoke check.")
+        print(f"warning: {message} --quick: tunelab's sides run without it (its own fp32).", flush=True)
     scratch = Path(tempfile.gettempdir()) / "tunelab-bench"
     out_dir = scratch / "quick" if a.quick else RESULTS  # a smoke check's numbers stay out of the repository
     log_dir = scratch / ("quick" if a.quick else "full") / "logs"  # each side's output
     out_dir.mkdir(parents=True, exist_ok=True)
     defined = workloads(a.quick)
-    summaries, scale = [], None
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    summaries, estimated, started = [], 0.0, time.perf_counter()
     for name in chosen:
         if name == "sft_settings":
             (out_dir / "sft_settings.json").write_text(json.dumps(sft_settings(log_dir), indent=1) + "\n")
             continue
         if name == "scaling":
-            scale = scaling(a.quick, log_dir)
+            scale = scaling(a.quick, log_dir, auto)
             (out_dir / "scaling.json").write_text(json.dumps(scale, indent=1) + "\n")
             continue
         work = defined[name]
-        runs, peaks = [], [matmul_peak()]
-        for r in range(rounds):
-            for side in work.sides:  # A B A B: drift of a shared machine falls on every side alike
-                run = run_side(work.module, side, work.args, log_dir / f"{name}-{side}-{r}.log")
-                print(
-                    f"{name} round {r} {side}: {run.result['figure']:.4g} {work.unit}, "
-                    f"peak RSS {run.peak_rss_mb:.0f} MB",
-                    flush=True,
-                )
-                runs.append(run)
-            peaks.append(matmul_peak())
-        summary = {**summarise(work, runs, peaks), "omp_wait": a.omp_wait}
+        runs, peaks, variants, notes = run_workload(work, rounds, auto, log_dir)
+        summary = {
+            **summarise(work, runs, peaks, variants, notes),
+            "omp_wait": a.omp_wait,
+            "cpu": cpu,
+            "auto": auto,
+            "command": command,
+        }
+        if a.quick:
+            summary["estimate_full"] = estimate(work, runs, auto, peaks[0])
+            estimated += summary["estimate_full"]["seconds"]
+            print(
+                f"{name}: the full run would take ~{summary['estimate_full']['seconds'] / 60:.1f} min",
+                flush=True,
+            )
         (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
         summaries.append(summary)
         print(table([summary]).splitlines()[-1], flush=True)
-    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
-    print(f"\nthis run ({command}):\n\n" + (table(summaries) if summaries else "") + "\n")
+    print(f"\nthis run ({command}, {(time.perf_counter() - started) / 60:.1f} min):\n")
+    if summaries:
+        print(table(summaries) + "\n\n" + precision_table(summaries) + "\n")
+    if estimated:
+        print(f"estimated full run of these workloads (without --quick): ~{estimated / 60:.0f} min\n")
     text = latest(out_dir, names)
     (out_dir / "latest.md").write_text(text)
     print(text)

@@ -1,11 +1,13 @@
-"""Evaluation generation, one side per process: 64 prompts, greedy, up to 64 new tokens, SmolLM2-135M fp32.
+"""Evaluation generation, one side per process: 64 prompts, greedy, up to 64 new tokens, SmolLM2-135M.
 
-    python -m bench.gen --side tunelab        # tunelab.models.generation.complete: the whole batch at once
-    python -m bench.gen --side hf_batched     # model.generate on the left-padded batch
-    python -m bench.gen --side hf_single      # model.generate one prompt at a time
+    python -m bench.gen --side tunelab --precision auto   # tunelab.models.generation.complete: the whole batch
+    python -m bench.gen --side hf_batched --precision bf16  # model.generate on the left-padded batch
+    python -m bench.gen --side hf_single                  # model.generate one prompt at a time (fp32)
 
 The figure is generated tokens per second (each answer counted up to and including its first EOS).
-Greedy answers must be the same on every side: each reports a digest of its answers.
+Greedy answers must be the same on every side at one precision: each reports a digest of its answers.
+`--precision bf16` runs every side on the same weights cast to bf16 (what `from_pretrained(dtype=
+torch.bfloat16)` gives an HF user); `auto` (tunelab only) is what tunelab.models.precision.resolve picks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,20 @@ def parse(argv=None):
     ap.add_argument("--side", choices=["tunelab", "hf_batched", "hf_single"], required=True)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     return ap.parse_args(argv)
+
+
+def resolve(a) -> tuple[str, str]:
+    """(precision the weights run in, why): auto asks tunelab, the others are taken as given."""
+    if a.precision != "auto":
+        return a.precision, "asked"
+    if a.side != "tunelab":
+        raise SystemExit("--precision auto is tunelab's setting; HF generate runs fp32 or bf16")
+    from tunelab.models.precision import resolve as tunelab_resolve
+
+    chosen = tunelab_resolve("auto")
+    return str(chosen.name), str(chosen.why)
 
 
 def main(argv=None) -> None:
@@ -34,7 +49,12 @@ def main(argv=None) -> None:
     from tunelab.models.load import load_model
 
     a = parse(argv)
+    precision, why = resolve(a)
     model, tok = load_model("smollm2-135m")
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    elif precision != "fp32":
+        raise SystemExit(f"generation runs fp32 or bf16 here, not {precision}")
     model.eval()
     texts = [prompt_text(tok, p, RenderOptions()) for p in eval_prompts(a.prompts)]
     ends = eos_ids(model, tok)
@@ -71,6 +91,9 @@ def main(argv=None) -> None:
             "flops_per_s": flops / seconds,
             "answers_digest": hashlib.sha1("\n".join(answers).encode()).hexdigest()[:12],
             "first_answers": answers[:2],
+            "prompts": len(texts),
+            "precision": precision,
+            "precision_why": why,
         }
     )
 

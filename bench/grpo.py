@@ -1,12 +1,13 @@
 """GRPO step time, one side per process: `tunelab rl` (configs/rl.yaml) vs TRL's GRPOTrainer.
 
-    python -m bench.grpo --side tunelab --steps 3
-    python -m bench.grpo --side trl --steps 3
+    python -m bench.grpo --side tunelab --steps 3 --precision auto
+    python -m bench.grpo --side trl --steps 3 --precision bf16
 
-SmolLM2-135M + LoRA r16 q/k/v/o, fp32, 2 prompts x 8 completions per step, up to 32 new tokens,
+SmolLM2-135M + LoRA r16 q/k/v/o, 2 prompts x 8 completions per step, up to 32 new tokens,
 temperature 1, KL to the adapter-off reference with beta 0.04 on both sides, the sums task with the
 `number` reward. The figure is the median seconds per step (sampling, scoring and the update), the
 first `--warmup` steps left out; tunelab also reports its generate / score / train split.
+`--precision` as in bench/sft.py: tunelab `train.precision=P`, TRL `bf16=True|False`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from bench.data import rl_prompts, write_jsonl
-from bench.harness import StepTimer, emit, trl_setting
-from bench.sft import LORA, TARGETS
+from bench.harness import StepTimer, emit, resolved_precision, trl_setting
+from bench.sft import LORA, TARGETS, add_precision, precision_overrides, trl_bf16
 
 INSTRUCTION = "Answer with the number only."  # configs/rl.yaml's data.instruction
 
@@ -31,6 +32,7 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--tl", nargs="*", default=[])
     ap.add_argument("--trl", nargs="*", default=[])
+    add_precision(ap)
     return ap.parse_args(argv)
 
 
@@ -56,11 +58,13 @@ def tunelab_side(a) -> dict:
                 "kl.beta=0.04",
                 *LORA,
                 "train.save_every=null",
+                *precision_overrides(a),
                 *a.tl,
             ],
         )
         run = rl.main(cfg)
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][a.warmup :]
+        resolved = resolved_precision(run)
     med = lambda key: statistics.median(r[key] for r in rows)  # noqa: E731
     return {
         "figure": med("step_s"),
@@ -70,6 +74,8 @@ def tunelab_side(a) -> dict:
         "train_s": statistics.median(r["step_s"] - r["time_generate_s"] - r["time_score_s"] for r in rows),
         "completion_len": statistics.mean(r["completion_len"] for r in rows),
         "settings": " ".join(a.tl) or "defaults",
+        "precision": a.precision or "default",
+        "precision_resolved": resolved,
     }
 
 
@@ -112,7 +118,7 @@ def trl_side(a) -> dict:
             learning_rate=1e-4,
             lr_scheduler_type="constant",
             max_steps=a.warmup + a.steps,
-            bf16=False,
+            bf16=trl_bf16(a),
             logging_steps=1000,
             save_strategy="no",
             report_to=[],
@@ -140,6 +146,7 @@ def trl_side(a) -> dict:
         "step_s": seconds,
         "completion_len": statistics.mean(lengths[16 * a.warmup :]) if lengths else None,
         "settings": " ".join(f"{k}={v}" for k, v in settings.items()),
+        "precision": "bf16" if args.bf16 else "fp32",
     }
 
 

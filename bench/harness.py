@@ -43,6 +43,7 @@ class Run:
     result: dict
     peak_rss_mb: float
     wall_s: float
+    variant: Variant | None = None  # which precision of the side this run was
 
 
 def run_side(module: str, side: str, args: list[str], log: Path) -> Run:
@@ -67,18 +68,187 @@ def run_side(module: str, side: str, args: list[str], log: Path) -> Run:
     return Run(side, json.loads(line[len("RESULT ") :]), usage.ru_maxrss / 1024, wall)  # KiB on Linux
 
 
-def matmul_peak(seconds: float = 2.0) -> float:
-    """fp32 GFLOP/s of a 1024 x 576 x 1536 matmul (SmolLM2's MLP shape), in this process."""
+PEAK_SHAPE = (1024, 576, 1536)  # SmolLM2's MLP projection at 1024 tokens
+DTYPES = ("fp32", "bf16")  # the precisions whose matmul peak every run measures
+
+
+def matmul_peak(seconds: float = 2.0, dtype: str = "fp32") -> float:
+    """GFLOP/s of a 1024 x 576 x 1536 matmul (SmolLM2's MLP shape) in `dtype` (fp32|bf16), in this process."""
     import torch
 
-    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+    m, k, n = PEAK_SHAPE
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(m, k, dtype=kind), torch.randn(k, n, dtype=kind)
     for _ in range(3):
         a @ b
-    n, start = 0, time.perf_counter()
+    count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
-        n += 1
-    return 2 * 1024 * 576 * 1536 * n / (time.perf_counter() - start) / 1e9
+        count += 1
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+
+
+def matmul_peaks(seconds: float = 2.0) -> dict[str, float]:
+    """Both precisions' peaks, one after the other: {"fp32": GFLOP/s, "bf16": GFLOP/s}."""
+    return {d: matmul_peak(seconds, d) for d in DTYPES}
+
+
+# ---- the machine -------------------------------------------------------------------------------------
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # what decides bf16's speed on a CPU
+
+
+def cpu_info() -> dict:
+    """The CPU a result was measured on: lscpu's model name, the cores this process may use, and whether
+    /proc/cpuinfo lists each flag that decides how fast bf16 runs (AMX tiles; AVX-512 BF16; plain AVX)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = set(next((x.split(":", 1)[1].split() for x in text.splitlines() if x.startswith("flags")), []))
+    model = next((x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("model name")), "?")
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(
+            (x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name")), model
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "cores": cores, "flags": {f: f in flags for f in CPU_FLAGS}}
+
+
+def cpu_line(cpu: dict) -> str:
+    flags = ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items())
+    return f"{cpu['model']}, {cpu['cores']} cores; {flags}"
+
+
+# ---- precision: what each side runs in ----------------------------------------------------------------
+# A bf16 peak under half the fp32 one (a CPU without AMX or AVX-512 BF16: 48 vs 220-310 GFLOP/s measured)
+# makes a bf16 side 3-5x slower, too slow to win; there each bf16 side runs one round with no warm-up step
+# (the same measured steps), which keeps the whole run near 50 minutes on 2 cores.
+SLOW_BF16 = 0.5
+
+PROBE = """
+import json
+out = {}
+try:
+    from tunelab.config import load_config
+    from tunelab.config.schema import SFTConfig
+    load_config(SFTConfig, None, ["train.precision=fp32"])
+    out["key"] = True
+except Exception as e:
+    out["key"], out["key_error"] = False, " ".join(str(e).split(". Valid keys")[0].split())[:300]
+try:
+    from tunelab.models.precision import resolve
+    r = resolve("auto")
+    out.update(name=str(r.name), why=str(r.why), source="tunelab.models.precision.resolve('auto')")
+except Exception as e:
+    out.update(name="fp32", source="fallback",
+               why=f"tunelab.models.precision.resolve not usable ({type(e).__name__}: {e}); fp32 assumed"[:400])
+print("PROBE " + json.dumps(out))
+"""
+
+
+def probe_precision() -> dict:
+    """What tunelab's `train.precision=auto` resolves to on this machine, asked in a fresh process (its
+    measurement is tunelab's own); and whether this tunelab knows the key at all.
+    {"name": "bf16"|"fp32", "why": ..., "source": ..., "key": bool}"""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **CHILD_ENV},
+        cwd=Path(__file__).parent.parent,
+        timeout=600,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("PROBE ")), None)
+    if line is None:
+        return {
+            "name": "fp32",
+            "why": f"probe failed: {out.stderr[-300:]}",
+            "source": "fallback",
+            "key": False,
+        }
+    return json.loads(line[len("PROBE ") :])
+
+
+def resolved_precision(run_dir: Path) -> dict:
+    """What a tunelab run says it ran in: `train.precision` of its config.yaml (resolved there, with its
+    reason), and any precision entry of summary.json."""
+    import yaml
+
+    found = {}
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        train = (yaml.safe_load(config.read_text()) or {}).get("train") or {}
+        found.update({k: v for k, v in train.items() if "precision" in k})
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        found.update({f"summary.{k}": v for k, v in data.items() if "precision" in k})
+    return found
+
+
+@dataclass
+class Variant:
+    """One side at one precision: `asked` is what the side is told (auto|fp32|bf16), `computes` the
+    precision its matmuls run in (auto resolved), `rounds` how many interleaved rounds it runs."""
+
+    side: str
+    asked: str
+    computes: str
+    rounds: int
+    short: bool = False  # a bf16 run where bf16 is slow: 1 round, no warm-up step (Workload.shorter too)
+    same_as: str = ""  # "auto": this fp32 run is also tunelab's auto (auto resolved to fp32)
+
+    @property
+    def label(self) -> str:
+        if self.asked == "auto":
+            return f"auto ({self.computes})"
+        return f"{self.asked} = auto" if self.same_as else self.asked
+
+
+def precisions_of(side: str) -> list[str]:
+    """tunelab is asked `auto` and `fp32` (its key); TRL (`bf16=True|False`) and HF generate `bf16`, `fp32`."""
+    return ["auto", "fp32"] if side == "tunelab" else ["bf16", "fp32"]
+
+
+def plan(work: Workload, auto: dict, peaks: dict[str, float], rounds: int) -> tuple[list[Variant], list[str]]:
+    """Every side at each of its precisions, in run order (same precision side by side: A B A B), and the
+    notes that say what was merged or shortened and why."""
+    sides = work.sides
+    slow = peaks["bf16"] < SLOW_BF16 * peaks["fp32"]
+    measured = f"measured bf16 {peaks['bf16']:.0f} vs fp32 {peaks['fp32']:.0f} GFLOP/s"
+    notes = []
+    if auto["name"] == "fp32":
+        notes.append(f"auto = fp32 here ({measured}); tunelab: {auto['why']}")
+    else:
+        notes.append(f"auto = {auto['name']} here ({measured}); tunelab: {auto['why']}")
+    if slow:
+        notes.append(
+            f"bf16 is slow here ({measured}, under {SLOW_BF16:g}x fp32): bf16 sides ran 1 round "
+            "with no warm-up step (same measured steps)"
+        )
+        notes += [f"{side} at bf16: {why}" for side, (_, _, why) in work.shorter.items()]
+    variants = []
+    for side in sides:
+        for asked in precisions_of(side):
+            computes = auto["name"] if asked == "auto" else asked
+            if asked == "auto" and computes == "fp32":
+                continue  # the fp32 run is tunelab's auto: measured once
+            short = slow and computes == "bf16"
+            variants.append(
+                Variant(
+                    side,
+                    asked,
+                    computes,
+                    1 if short else rounds,
+                    short=short,
+                    same_as="auto"
+                    if side == "tunelab" and asked == "fp32" and auto["name"] == "fp32"
+                    else "",
+                )
+            )
+    order = {"bf16": 0, "fp16": 1, "fp32": 2}
+    variants.sort(key=lambda v: (order.get(v.computes, 3), sides.index(v.side)))
+    return variants, notes
 
 
 # ---- model FLOPs -------------------------------------------------------------------------------------
@@ -89,7 +259,9 @@ MFU_FORMULA = (
     "QK^T and AV over half the T x T square = 2 L d T^2 forward). Training a frozen base (LoRA, DPO, GRPO): "
     "c = 4 (forward + input gradients), h = 4, a = 3; full fine-tuning: c = 6, h = 6, a = 3; forward only "
     "(reference, generation): c = 2, h = 2, a = 1. Adapter FLOPs (<2%) are not counted. "
-    "MFU = model FLOPs / step time / matmul peak, the peak being a 1024x576x1536 fp32 GEMM measured in the same run."
+    "MFU = model FLOPs / step time / matmul peak of the precision the side computed in (fp32, or bf16 for "
+    "TRL's bf16=True autocast, tunelab's auto when it resolves to bf16, and generation with bf16 weights), "
+    "each peak a 1024x576x1536 GEMM in that precision measured in the same run."
 )
 
 
@@ -129,40 +301,78 @@ class Workload:
     higher_is_better: bool = True
     goal: float | None = None  # tunelab / other ratio it should reach
     note: str = ""
+    # side -> (extra args, its share of the work, why): where bf16 is slow, that side's bf16 run does less
+    shorter: dict[str, tuple[list[str], float, str]] = field(default_factory=dict)
 
 
-def summarise(work: Workload, runs: list[Run], peaks: list[float]) -> dict:
-    """Medians over the repeats of each side, ratios against tunelab, memory, MFU."""
-    peak = statistics.median(peaks)
+def summarise(
+    work: Workload, runs: list[Run], peaks: list[dict], variants: list[Variant], notes: list[str]
+) -> dict:
+    """Medians over the rounds of each side at each precision; each side's fastest precision; tunelab's
+    fastest against every other side's fastest (speed and memory at those settings); MFU against the peak
+    of the precision each run computed in."""
+    peak = {d: statistics.median(p[d] for p in peaks) for d in DTYPES}
+    pick = max if work.higher_is_better else min
     sides = {}
     for side in work.sides:
-        mine = [r for r in runs if r.side == side]
-        figure = statistics.median(r.result["figure"] for r in mine)
-        flops = [r.result.get("flops_per_s") for r in mine]
+        mine = {}
+        for v in (v for v in variants if v.side == side):
+            done = [r for r in runs if r.variant is v]
+            if not done:
+                continue
+            flops = [r.result.get("flops_per_s") for r in done]
+            mine[v.label] = {
+                "asked": v.asked,
+                "computes": v.computes,
+                "rounds": len(done),
+                "figure": statistics.median(r.result["figure"] for r in done),
+                "figures": [r.result["figure"] for r in done],
+                "peak_rss_mb": max(r.peak_rss_mb for r in done),
+                "mfu": statistics.median(flops) / 1e9 / peak[v.computes]
+                if all(flops) and v.computes in peak
+                else None,
+                "detail": [r.result for r in done],
+            }
+        fastest = pick(mine, key=lambda label: mine[label]["figure"])
+        best = mine[fastest]
         sides[side] = {
-            "figure": figure,
-            "figures": [r.result["figure"] for r in mine],
-            "peak_rss_mb": max(r.peak_rss_mb for r in mine),
-            "mfu": statistics.median(flops) / 1e9 / peak if all(flops) else None,
-            "detail": [r.result for r in mine],
+            "fastest": fastest,
+            "precision": best["computes"],
+            "figure": best["figure"],
+            "peak_rss_mb": best["peak_rss_mb"],
+            "mfu": best["mfu"],
+            "precisions": mine,
         }
-    me = sides[work.sides[0]]["figure"]
+    me = sides[work.sides[0]]
     for side in work.sides[1:]:
-        other = sides[side]["figure"]
-        sides[side]["tunelab_speedup"] = me / other if work.higher_is_better else other / me
-        sides[side]["tunelab_memory_ratio"] = sides[work.sides[0]]["peak_rss_mb"] / sides[side]["peak_rss_mb"]
+        other = sides[side]
+        other["tunelab_speedup"] = (
+            me["figure"] / other["figure"] if work.higher_is_better else other["figure"] / me["figure"]
+        )
+        other["tunelab_memory_ratio"] = me["peak_rss_mb"] / other["peak_rss_mb"]
     return {
         "workload": work.name,
         "title": work.title,
         "unit": work.unit,
         "goal_speedup": work.goal,
+        "answers": same_answers(runs),
         "matmul_peak_gflops": peak,
         "matmul_peaks": peaks,
         "sides": sides,
+        "notes": [*notes, *([work.note] if work.note else [])],
         "mfu_formula": MFU_FORMULA,
-        "note": work.note,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def same_answers(runs: list[Run]) -> dict | None:
+    """Greedy generation only: per precision and prompt count, whether every side gave the same answers."""
+    digests = {}
+    for r in runs:
+        if "answers_digest" in r.result:
+            key = f"{r.variant.computes}, {r.result.get('prompts', '?')} prompts"
+            digests.setdefault(key, {})[f"{r.side} {r.variant.label}"] = r.result["answers_digest"]
+    return {p: {"same": len(set(d.values())) == 1, "digests": d} for p, d in digests.items()} or None
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -171,10 +381,22 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
+def _peaks(s: dict) -> str:
+    peak = s["matmul_peak_gflops"]
+    if isinstance(peak, dict):  # this format
+        return " / ".join(f"{peak[d]:.0f}" for d in DTYPES) + " GFLOP/s"
+    return f"{peak:.0f} / – GFLOP/s"  # results from before precisions: fp32 only
+
+
+def _mfu(x: float | None) -> str:
+    return "–" if x is None else f"{fmt(100 * x, 2)}%"
+
+
 def table(summaries: list[dict]) -> str:
-    """Markdown: one row per (workload, other side)."""
+    """Markdown: one row per (workload, other side), each side at its fastest precision."""
     lines = [
-        "| workload | tunelab | other | other side | tunelab speed-up (goal) | peak RSS tunelab / other | MFU tunelab / other | matmul peak |",
+        "| workload | tunelab | other | other side | tunelab speed-up (goal) | peak RSS tunelab / other | "
+        "MFU tunelab / other | matmul peak fp32 / bf16 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
@@ -186,16 +408,31 @@ def table(summaries: list[dict]) -> str:
             if s["goal_speedup"]:
                 mark = "met" if other["tunelab_speedup"] >= s["goal_speedup"] else "missed"
                 speed += f" (≥ {s['goal_speedup']:g}x: {mark})"
-            mfu = (
-                f"{fmt(100 * me['mfu'], 2)}% / {fmt(100 * other['mfu'], 2)}%"
-                if me["mfu"] is not None and other["mfu"] is not None
-                else "–"
-            )
+            # results from before precisions were compared ran fp32 on both sides
+            mine, theirs = me.get("fastest", "fp32"), other.get("fastest", "fp32")
             lines.append(
-                f"| {s['title']} | {fmt(me['figure'])} {s['unit']} | {fmt(other['figure'])} {s['unit']} | "
-                f"{other_name} | {speed} | {me['peak_rss_mb'] / 1024:.2f} / {other['peak_rss_mb'] / 1024:.2f} GB | "
-                f"{mfu} | {s['matmul_peak_gflops']:.0f} GFLOP/s |"
+                f"| {s['title']} | {fmt(me['figure'])} {s['unit']}, {mine} | "
+                f"{fmt(other['figure'])} {s['unit']}, {theirs} | {other_name} | {speed} | "
+                f"{me['peak_rss_mb'] / 1024:.2f} / {other['peak_rss_mb'] / 1024:.2f} GB | "
+                f"{_mfu(me['mfu'])} / {_mfu(other['mfu'])} | {_peaks(s)} |"
             )
+    return "\n".join(lines)
+
+
+def precision_table(summaries: list[dict]) -> str:
+    """Markdown: every side at every precision it ran in (the fastest in bold), rounds and memory."""
+    lines = [
+        "| workload | side | precision | figure | rounds | peak RSS | MFU (vs its precision's peak) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summaries:
+        for side, entry in s["sides"].items():
+            for label, v in entry.get("precisions", {}).items():
+                name = f"**{label}**" if label == entry["fastest"] else label
+                lines.append(
+                    f"| {s['workload']} | {side} | {name} | {fmt(v['figure'])} {s['unit']} | {v['rounds']} | "
+                    f"{v['peak_rss_mb'] / 1024:.2f} GB | {_mfu(v['mfu'])} |"
+                )
     return "\n".join(lines)
 
 

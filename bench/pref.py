@@ -1,14 +1,15 @@
 """Preference training, one side per process: reward model (`tunelab rm` vs TRL RewardTrainer) and DPO
-(`tunelab dpo` vs TRL DPOTrainer), both LoRA r16 q/k/v/o on SmolLM2-135M, 8 pairs a step, fp32.
+(`tunelab dpo` vs TRL DPOTrainer), both LoRA r16 q/k/v/o on SmolLM2-135M, 8 pairs a step.
 
-    python -m bench.pref --task rm --side tunelab --steps 3
-    python -m bench.pref --task dpo --side trl --steps 3
+    python -m bench.pref --task rm --side tunelab --steps 3 --precision auto
+    python -m bench.pref --task dpo --side trl --steps 3 --precision bf16
 
 The figure is preference pairs per second over the measured steps. The reward model trains its
 scalar head with the adapter; DPO's reference is the model with the adapter switched off on both sides
 (TRL's `precompute_ref_log_probs` stays off: it would move the reference forwards out of the timed
 steps, not remove them). RM pairs reach the trainer as token ids rendered by tunelab; DPO pairs as
 chat messages (TRL's DPOTrainer tokenises text itself, with the same chat template).
+`--precision` as in bench/sft.py: tunelab `train.precision=P`, TRL `bf16=True|False`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ import tempfile
 from pathlib import Path
 
 from bench.data import preference_rows, write_jsonl
-from bench.harness import Shape, StepTimer, count_inputs, emit, median_rate, trl_setting
-from bench.sft import LORA, TARGETS
+from bench.harness import (
+    Shape,
+    StepTimer,
+    count_inputs,
+    emit,
+    median_rate,
+    resolved_precision,
+    trl_setting,
+)
+from bench.sft import LORA, TARGETS, add_precision, precision_overrides, trl_bf16
 
 
 def parse(argv=None):
@@ -32,6 +41,7 @@ def parse(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tl", nargs="*", default=[])
     ap.add_argument("--trl", nargs="*", default=[])
+    add_precision(ap)
     return ap.parse_args(argv)
 
 
@@ -62,11 +72,13 @@ def tunelab_side(a) -> dict:
             "train.eval_every=null",
             f"out={tmp / 'run'}",
             "resume=never",
+            *precision_overrides(a),
             *a.tl,
         ]
         cfg = load_config(RMConfig if a.task == "rm" else DPOConfig, None, overrides)
         run = stage.main(cfg)
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        resolved = resolved_precision(run)
         # the same micro-batches the stage made, for their lengths
         model, tok = load_model("smollm2-135m")
         rows = stage.read_dataset(cfg.data.train, "preference")
@@ -89,7 +101,8 @@ def tunelab_side(a) -> dict:
             ]
     seconds = [r["step_s"] for r in metrics[a.warmup :]]
     shapes = shapes[a.warmup : a.warmup + a.steps]
-    return result(a, Shape.of(model), seconds, shapes, " ".join(a.tl) or "defaults")
+    out = result(a, Shape.of(model), seconds, shapes, " ".join(a.tl) or "defaults")
+    return {**out, "precision": a.precision or "default", "precision_resolved": resolved}
 
 
 def result(a, shape: Shape, seconds: list[float], shapes: list, settings: str) -> dict:
@@ -123,7 +136,7 @@ def trl_side(a) -> dict:
     common = dict(
         per_device_train_batch_size=a.batch,
         max_steps=a.warmup + a.steps,
-        bf16=False,
+        bf16=trl_bf16(a),
         max_length=512,
         logging_steps=1000,
         save_strategy="no",
@@ -178,7 +191,8 @@ def trl_side(a) -> dict:
         count_inputs(trainer, seen)
         trainer.train()
     text = " ".join(f"{k}={v}" for k, v in settings.items())
-    return result(a, shape, timer.seconds[a.warmup :], seen[a.warmup :], text)
+    out = result(a, shape, timer.seconds[a.warmup :], seen[a.warmup :], text)
+    return {**out, "precision": "bf16" if common["bf16"] else "fp32"}
 
 
 def main(argv=None) -> None:

@@ -1,13 +1,16 @@
 """SFT throughput, one side per process: tunelab's `tunelab sft` stage vs TRL's SFTTrainer.
 
-    python -m bench.sft --side tunelab --adapter lora --steps 4
-    python -m bench.sft --side trl --adapter lora --steps 4 --trl gradient_checkpointing=false padding_free=true
+    python -m bench.sft --side tunelab --adapter lora --steps 4 --precision auto
+    python -m bench.sft --side trl --adapter lora --steps 4 --precision bf16 --trl padding_free=true
 
 Both sides train on the same rows, tokenised once by tunelab's renderer (chat template, loss on the
 completion only); TRL gets them as `input_ids` + `labels`, so the tokens are identical. The figure is
 target (completion) tokens per second over the measured steps; the first `--warmup` steps are left out.
 tunelab runs its real stage (`sft.main`: the loop with clipping, guard, logging) and the step times
 come from its metrics.jsonl; TRL's come from a callback around each optimizer step.
+`--precision`: tunelab gets `train.precision=P` (auto|fp32|bf16; what it resolved to, from the run's
+config.yaml, is in the result); TRL gets `bf16=True` for bf16 and `bf16=False` for fp32. Without it
+tunelab runs its own default and TRL fp32.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import tempfile
 from pathlib import Path
 
 from bench.data import fixed_rows, sft_rows, write_jsonl
-from bench.harness import Shape, StepTimer, count_inputs, emit, median_rate, trl_setting
+from bench.harness import (
+    Shape,
+    StepTimer,
+    count_inputs,
+    emit,
+    median_rate,
+    resolved_precision,
+    trl_setting,
+)
 
 LORA = ["lora.r=16", "lora.alpha=32", "lora.dropout=0", "lora.targets=[q_proj, k_proj, v_proj, o_proj]"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -33,7 +44,29 @@ def parse(argv=None):
     ap.add_argument("--seq", type=int, default=0, help="rows of this many tokens (scaling); 0: mixed 60-300")
     ap.add_argument("--tl", nargs="*", default=[], help="extra tunelab key=value overrides")
     ap.add_argument("--trl", nargs="*", default=[], help="SFTConfig key=value settings")
+    add_precision(ap)
     return ap.parse_args(argv)
+
+
+def add_precision(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="tunelab: train.precision=P; TRL: bf16=True for bf16, bf16=False for fp32 (default: no override / fp32)",
+    )
+
+
+def precision_overrides(a) -> list[str]:
+    """tunelab's override for `--precision` (none without it: the stage's own default)."""
+    return [f"train.precision={a.precision}"] if a.precision else []
+
+
+def trl_bf16(a) -> bool:
+    """TRL's `bf16=` for `--precision`: True for bf16, False for fp32 (and without the flag)."""
+    if a.precision not in (None, "fp32", "bf16"):
+        raise SystemExit(f"the TRL side runs fp32 or bf16, not {a.precision}")
+    return a.precision == "bf16"
 
 
 def make_rows(a) -> list[dict]:
@@ -59,6 +92,7 @@ def config(a, tmp: Path, data: Path):
         "train.eval_every=null",
         f"out={tmp / 'run'}",
         "resume=never",
+        *precision_overrides(a),
         *a.tl,
     ]
     return load_config(SFTConfig, None, overrides)
@@ -92,6 +126,7 @@ def tunelab_side(a) -> dict:
         cfg = config(a, tmp, write_jsonl(make_rows(a), tmp / "train.jsonl"))
         run = sft.main(cfg)
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        resolved = resolved_precision(run)
         # the same micro-batches the stage made (same call, same seed), for their lengths
         model, tok = load_model("smollm2-135m")
         items, _ = render_rows(sft.read_dataset(cfg.data.train, "pairs"), tok, cfg)
@@ -119,6 +154,8 @@ def tunelab_side(a) -> dict:
         "tokens": [sum(s[0]) for s in shapes[a.warmup : a.warmup + a.steps]],
         "flops_per_s": sum(flops) / sum(seconds),
         "settings": " ".join(a.tl) or "defaults",
+        "precision": a.precision or "default",
+        "precision_resolved": resolved,
         "threads": torch.get_num_threads(),
     }
 
@@ -146,7 +183,7 @@ def trl_side(a) -> dict:
             per_device_train_batch_size=a.batch,
             max_steps=a.warmup + a.steps,
             learning_rate=2e-4 if a.adapter == "lora" else 1e-5,
-            bf16=False,  # the workload is fp32 (TRL's default bf16 autocast is also ~5x slower on this CPU)
+            bf16=trl_bf16(a),  # True: TRL's bf16 autocast (its default where the hardware has bf16)
             # rows come already fitted; padding-free without packing refuses a max_length it cannot enforce
             max_length=None if settings.get("padding_free") else max(1024, a.seq + 64),
             logging_steps=1000,
@@ -180,6 +217,7 @@ def trl_side(a) -> dict:
         "tokens": [sum(s[0]) for s in shapes],
         "flops_per_s": sum(flops) / sum(seconds),
         "settings": " ".join(f"{k}={v}" for k, v in settings.items()),
+        "precision": "bf16" if args.bf16 else "fp32",
         "threads": torch.get_num_threads(),
     }
 
