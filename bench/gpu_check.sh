@@ -5,8 +5,8 @@
 #
 # 1. SFT (LoRA and full), RM, DPO and GRPO: 3 steps each on SmolLM2-135M, on CUDA and on the CPU
 #    (CUDA_VISIBLE_DEVICES=""), same rows and seed; the step losses must agree within TOL_FP32
-#    (fp32 on both sides; torch keeps TF32 off for matmuls by default). When train.precision exists
-#    (issue 20) the CUDA runs repeat in bf16 with TOL_BF16.
+#    (train.precision=fp32 on both sides; torch keeps TF32 off for matmuls by default). Then
+#    the CUDA runs repeat with train.precision=bf16 (autocast) within TOL_BF16 of the CPU fp32 run.
 # 2. FSDP2 with sharded loading on one process (distributed=fsdp on a safetensors folder): the model
 #    is built on the meta device and read straight onto the GPU; losses equal to distributed=none.
 # 3. vLLM: tests/test_vllm.py (its GPU tests run only here) and bench/vllm_rollout.py, if vllm is installed.
@@ -36,7 +36,7 @@ fi
 
 HAS_PRECISION=$($PY -c "
 from tunelab.config import load_config
-from tunelab.schema import SFTConfig
+from tunelab.config.schema import SFTConfig
 try:
     load_config(SFTConfig, None, ['train.precision=bf16']); print(1)
 except Exception:
@@ -50,7 +50,7 @@ declare -A RUNS=(
   [dpo]="dpo configs/dpo.yaml"
   [grpo]="rl configs/rl.yaml rl.group=4 rl.prompts_per_step=2 rollout.max_new_tokens=16"
 )
-COMMON="train.max_steps=3 train.save_every=null train.eval_every=null resume=never seed=0 train.batch_size=4"
+COMMON="train.max_steps=3 train.save_every=null train.eval_every=null resume=never seed=0 train.batch_size=4 train.precision=fp32"
 
 run_stage() {  # name device(cuda|cpu) extra... -> runs into $ROOT/name-device
     local name=$1 device=$2; shift 2
