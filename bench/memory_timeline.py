@@ -119,6 +119,7 @@ def main() -> int:
     atexit.register(timeline.report)
     timeline.enter("after imports (cli, loop)")
     timeline.wrap(common, "prepare_model", "load model")
+    timeline.wrap(sft, "prepare_model", "load model")  # sft imported it by name
     timeline.wrap(Dist, "wrap", "wrap (shard) + optimizer")
     timeline.wrap(loop, "_step", "step: rest (zero_grad, trim)", first="step 1: rest")
     timeline.wrap(sft, "loss_fn", "step: forward (loss_fn)", first="step 1: forward (loss_fn)")
