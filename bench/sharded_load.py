@@ -92,11 +92,8 @@ def main() -> None:
     loaded = [line for line in out.stderr.splitlines() if line.startswith("sharded load")]
     if args.no_resume:
         return report(work, loaded, resumed=False)
-    crash = run(
-        [*torchrun, "-m", "tunelab", *two, f"out={work / 'resumed'}"],
-        dict(env, TUNELAB_FAULT_KILL_AT_STEP="3"),
-        check=False,
-    )
+    killed = Path(__file__).parents[1] / "tests" / "helpers" / "killed_run.py"  # SIGKILL after step 3
+    crash = run([*torchrun, str(killed), "3", *two, f"out={work / 'resumed'}"], env, check=False)
     assert crash.returncode != 0
     run([*torchrun, "-m", "tunelab", *two, f"out={work / 'resumed'}", "resume=auto"], env)
     report(work, loaded, resumed=True)

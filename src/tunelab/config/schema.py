@@ -128,6 +128,12 @@ class TrainSection(Section):
         1.0, gt=0, le=1e6, description="clip gradients to this global norm (> 0); null = off"
     )
     max_len: int = Field(1024, ge=8, le=1_048_576, description="longest sequence in tokens")
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each decoder layer's activations in backward instead of keeping them "
+        "(HF gradient checkpointing, non-reentrant): less memory, about one more forward of time; "
+        "the loss and gradients are the same",
+    )
     save_every: int | None = Field(
         None, ge=1, le=1_000_000_000, description="checkpoint every N steps (and at the end)"
     )

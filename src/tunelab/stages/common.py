@@ -45,9 +45,35 @@ def prepare_model(cfg: StageConfig, head: str = "lm"):
     from tunelab.train import sharded_load
 
     if sharded_load.applies(cfg, head):  # FSDP: each rank reads only its shards (no full copy anywhere)
-        return sharded_load.load_sharded(cfg, spec)
-    model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
-    return attach_adapter(model, tok, spec), tok
+        model, tok = sharded_load.load_sharded(cfg, spec)
+    else:
+        model, tok = load_model(cfg.model.name, dtype=cfg.model.dtype, seed=cfg.seed, head=head)
+        model = attach_adapter(model, tok, spec)
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(model)
+    return model, tok
+
+
+def checkpoint_activations(model) -> None:
+    """HF gradient checkpointing on the decoder layers (non-reentrant torch.utils.checkpoint): each
+    layer keeps only its input and recomputes the rest in backward. The loss and gradients equal those
+    without it (tests/test_activation_checkpointing.py). transformers checkpoints each layer's
+    `forward`, so an FSDP2 unit's hooks (gather before, free after) stay outside the recomputation."""
+    from tunelab.errors import TunelabError
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise TunelabError(
+            f"train.activation_checkpointing: {type(base).__name__} does not support gradient "
+            "checkpointing; set train.activation_checkpointing=false."
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name for it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "peft_config") and not hasattr(base, "_require_grads_hook"):
+        base.enable_input_require_grads()  # a frozen base: the embeddings' output must need a gradient
 
 
 def adapter_spec(cfg: StageConfig):

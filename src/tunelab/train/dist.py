@@ -25,6 +25,7 @@ import torch
 
 from tunelab.data.shard import share
 from tunelab.errors import TunelabError
+from tunelab.train.process import unpool_large_blocks
 
 
 @dataclass
@@ -181,6 +182,8 @@ def setup(cfg) -> Dist:
     world = accelerator.num_processes
     if mode == "none" and world > 1:
         mode = "ddp"  # launched on several processes: the launcher asked for data parallelism
+    if mode == "fsdp":  # sharded to save memory: what a step frees goes back to the OS (CPU only)
+        unpool_large_blocks()
     return Dist(mode=mode, rank=accelerator.process_index, world=world, accelerator=accelerator)
 
 

@@ -47,6 +47,7 @@ MAY_CHANGE = (
     "train.guard",
     "train.early_stop",
     "train.precision",
+    "train.activation_checkpointing",  # recomputes what it would have kept: the same numbers
     "data.eval",
     "reward_eval",
     "alerts",
