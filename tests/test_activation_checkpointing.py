@@ -5,8 +5,8 @@ import pytest
 from conftest import write_jsonl
 from test_train import PAIRS, metrics, sft_config
 
-from tunelab.data.batch import collate
 from tunelab.data.render import RenderOptions, render_pair
+from tunelab.data.sources import rows_layout
 from tunelab.stages import common, sft
 
 
@@ -19,9 +19,8 @@ def _loss_and_grads(cfg):
     """One forward and backward of all PAIRS in training mode; also how often layer 0's MLP ran."""
     model, tok = common.prepare_model(cfg)
     model.train()
-    batch = collate(
-        [render_pair(tok, r["prompt"], r["completion"], RenderOptions()) for r in PAIRS], tok.pad_token_id
-    )
+    rows = [render_pair(tok, r["prompt"], r["completion"], RenderOptions()) for r in PAIRS]
+    batch = rows_layout(rows, tok.pad_token_id, packed=False)
     mlp = [m for m in model.modules() if type(m).__name__ == "LlamaMLP"][0]
     calls = []
     # a pre-hook: torch's checkpoint stops recomputing once it has what backward needs, before the
