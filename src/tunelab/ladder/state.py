@@ -179,10 +179,12 @@ class Ladder:
     # ---------------------------------------------------------------- child runs
     @property
     def gflops(self) -> float:
-        if self._gflops is None:
+        if self._gflops is None:  # the matmul speed of the precision the rungs train in
+            from tunelab.models import precision
             from tunelab.plan import machine_gflops
 
-            self._gflops = machine_gflops()
+            dtype = "bfloat16" if precision.current().name == "bf16" else "float32"
+            self._gflops = machine_gflops(dtype=dtype)
         return self._gflops
 
     def train_child(
