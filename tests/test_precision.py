@@ -156,3 +156,63 @@ def test_decoding_casts_frozen_weights_once_with_the_same_result(one_thread):
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)  # tokens, log-probs, entropies: bitwise
     assert {name for name, p in model.named_parameters() if not p.requires_grad} == frozen
+
+
+def _lora_with_a_real_update():
+    """The tiny model with LoRA whose B is not zero: merged and unmerged weights then differ."""
+    from tunelab.models.adapters import AdapterSpec, attach_adapter
+    from tunelab.models.load import load_model
+
+    model, tok = load_model("tiny:llama")
+    model = attach_adapter(
+        model, tok, AdapterSpec(kind="lora", r=4, alpha=8, dropout=0.0, targets="all-linear")
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model.eval(), tok
+
+
+def test_forwards_after_merged_decoding_see_the_weights_as_they_are_now(one_thread):
+    """Sampling merges LoRA into the base weights in place; forwards later in the same autocast region
+    (the trainer's log-probs, the adapter-off reference) must not run the merged weights' cached cast."""
+    from tunelab.models.adapters import lora_merged
+
+    model, _ = _lora_with_a_real_update()
+    ids = torch.randint(3, 60, (2, 10))
+    with precision.using(precision.resolve("bf16", "cpu")), torch.no_grad():
+        with precision.compute():
+            policy = model(input_ids=ids).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+        assert not torch.allclose(policy, base, atol=1e-2)  # the update is visible
+        with precision.compute(), precision.weights_cast_once(model):
+            model(input_ids=ids)  # casts cached before the merge
+            with lora_merged(model):
+                merged = model(input_ids=ids).logits
+            after = model(input_ids=ids).logits
+            with model.disable_adapter():
+                after_base = model(input_ids=ids).logits
+    assert (merged - policy).abs().max() < 0.25 * (base - policy).abs().max()  # merged = W + BA, in bf16
+    assert torch.equal(after, policy) and torch.equal(after_base, base)
+
+
+def test_a_bf16_rollout_scores_the_reference_with_the_adapter_off(one_thread):
+    """The rollout's reference log-probs under bf16 are the adapter-off model's, computed fresh."""
+    from tunelab.config import load_config
+    from tunelab.config.schema import RLConfig
+    from tunelab.rl.rewards import build_reward
+    from tunelab.rl.rollout import RolloutSource
+    from tunelab.stages import rl
+
+    model, tok = _lora_with_a_real_update()
+    cfg = load_config(RLConfig, None, ["model=tiny:llama", "rl.group=3", "rollout.max_new_tokens=5"])
+    rows = [{"prompt": "one two three", "answer": "4"}, {"prompt": "five six", "answer": "7"}]
+    source = RolloutSource(model, tok, rows, build_reward("number"), cfg, ref=rl.reference(model, cfg))
+    with precision.using(precision.resolve("bf16", "cpu")):
+        batch = source.make_batch(rows, seed=0)
+        with torch.no_grad(), precision.compute(), model.disable_adapter():
+            expected = rl.layout_logprobs(model, batch.seqs, cfg.rollout.temperature)[0]
+    assert torch.equal(batch.ref_logp, expected)
+    assert batch.stats["kl"] > 1e-3  # the policy is not its own reference

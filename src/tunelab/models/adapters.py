@@ -144,6 +144,9 @@ def lora_merged(model):
     which leaves them a rounding error off after every step; here they are saved and copied back).
     Vanilla LoRA on linear layers only; DoRA, LoRA biases, disabled adapters and sharded weights stay as
     they are (the context does nothing for them).
+    The weights change in place, so autocast's cached bf16 casts of them (models/precision.py,
+    `weights_cast_once`) are dropped on the way in and out: a forward after the context inside the same
+    autocast region would otherwise run the merged weights' cast, plus the adapter again.
     """
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -163,6 +166,8 @@ def lora_merged(model):
         saved = [m.get_base_layer().weight.detach().clone() for m in layers]
         for m in layers:
             m.merge()
+    if layers:
+        torch.clear_autocast_cache()
     try:
         yield model
     finally:
@@ -170,3 +175,5 @@ def lora_merged(model):
             for m, weight in zip(layers, saved, strict=True):
                 m.get_base_layer().weight.copy_(weight)
                 m.merged_adapters.clear()
+        if layers:
+            torch.clear_autocast_cache()
