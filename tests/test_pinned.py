@@ -55,7 +55,9 @@ PINNED = {  # (loss, grad_norm) of the first three optimizer steps
     "sft": [(6.8085, 2.7875), (6.5505, 3.5727), (5.5259, 3.8985)],
     "rm": [(0.5958, 3.8475), (0.4172, 6.2057), (0.6748, 1.2877)],
     "dpo": [(0.6931, 0.9085), (0.6034, 0.5233), (0.7611, 0.5722)],
-    "rl": [(0.0, 1.4973), (0.0008, 1.4234), (0.0033, 1.8143)],  # GRPO: on-policy, the first loss is 0
+    # GRPO: on-policy, the first loss is 0. Repinned 2026-12-01 when sampling moved from torch.multinomial
+    # to the inverse CDF (models/generation.draw): other draws from the same distributions
+    "rl": [(0.0, 1.717), (0.0008, 1.6281), (0.0041, 1.9141)],
 }
 
 
