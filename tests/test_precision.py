@@ -7,6 +7,7 @@ the differences measured here were 0.1-1%). Kill-and-resume under bf16 is in tes
 """
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -216,3 +217,34 @@ def test_a_bf16_rollout_scores_the_reference_with_the_adapter_off(one_thread):
             expected = rl.layout_logprobs(model, batch.seqs, cfg.rollout.temperature)[0]
     assert torch.equal(batch.ref_logp, expected)
     assert batch.stats["kl"] > 1e-3  # the policy is not its own reference
+
+
+@pytest.mark.parametrize("ppo_epochs", [1, 2])
+def test_an_on_policy_bf16_rollout_leaves_the_old_log_probs_to_the_loss_forward(ppo_epochs, one_thread):
+    """One update per rollout: the loss's forward is the trainer's forward at sampling time (the policy has
+    not moved), so the rollout runs no forward of its own for them, and the loss is the one the recomputed
+    log-probs give. Several updates per rollout: they are recomputed and kept."""
+    from tunelab.config import load_config
+    from tunelab.config.schema import RLConfig
+    from tunelab.rl.rewards import build_reward
+    from tunelab.rl.rollout import RolloutSource
+    from tunelab.stages import rl
+
+    model, tok = _lora_with_a_real_update()
+    overrides = ["model=tiny:llama", "rl.group=3", "rollout.max_new_tokens=5", f"rl.ppo_epochs={ppo_epochs}"]
+    cfg = load_config(RLConfig, None, overrides)
+    rows = [{"prompt": "one two three", "answer": "4"}, {"prompt": "five six", "answer": "7"}]
+    source = RolloutSource(model, tok, rows, build_reward("number"), cfg, ref=rl.reference(model, cfg))
+    with precision.using(precision.resolve("bf16", "cpu")):
+        batch = source.make_batch(rows, seed=0)
+        assert (batch.old_logp is None) == (ppo_epochs == 1) and batch.sampler_logp is not None
+        with torch.no_grad(), precision.compute():
+            trainer = rl.layout_logprobs(model, batch.seqs, cfg.rollout.temperature)[0]
+        losses = {}
+        for old in ("as made", "recomputed"):
+            b = batch if old == "as made" else dataclasses.replace(batch, old_logp=trainer)
+            with precision.compute():
+                loss, metrics = rl.make_loss_fn(cfg)(model, b)
+            losses[old] = (float(loss), metrics["sampler_logp_mismatch"], metrics["tis_weight"])
+    assert losses["as made"] == pytest.approx(losses["recomputed"], rel=1e-5, abs=1e-6)
+    assert losses["as made"][1] > 0  # bf16 decoding and the trainer's forward differ in rounding

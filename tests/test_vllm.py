@@ -12,10 +12,12 @@ from conftest import write_jsonl
 
 from tunelab.config import load_config
 from tunelab.config.schema import RLConfig
+from tunelab.losses.policy import truncated_is_weights
 from tunelab.models.forward import layout_logprobs
 from tunelab.rl.rewards import build_reward
 from tunelab.rl.rollout import RolloutSource
-from tunelab.rl.vllm_backend import Sampled, layout, truncated_is_weights
+from tunelab.rl.vllm_backend import Sampled, layout
+from tunelab.stages.rl import make_loss_fn
 
 
 def test_truncated_importance_weights_by_hand():
@@ -67,12 +69,14 @@ def test_vllm_rollout_path_logs_the_mismatch_and_weighs_tokens(tiny_llama, tmp_p
     with torch.no_grad():
         trainer_logp, _, _ = layout_logprobs(model, batch.seqs)
     assert batch.old_logp.tolist() == pytest.approx(trainer_logp.tolist(), abs=1e-6)  # the trainer's own
-    assert batch.stats["vllm_logp_mismatch"] == pytest.approx(
-        float((trainer_logp + 1.0).abs().mean()), abs=1e-6
-    )
-    expected = torch.exp(trainer_logp + 1.0).clamp(max=1.5)
-    assert batch.is_weight.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert batch.sampler == "vllm" and batch.sampler_logp.tolist() == [-1.0] * 7
     assert batch.stats["stopped_share"] == 0.5
+    # the loss weighs each token by min(pi_trainer / pi_vllm, cap) and logs the mismatch (sums over tokens)
+    loss, metrics = make_loss_fn(cfg)(model, batch)
+    assert metrics["vllm_logp_mismatch"] == pytest.approx(float((trainer_logp + 1.0).abs().sum()), abs=1e-5)
+    expected = torch.exp(trainer_logp + 1.0).clamp(max=1.5)
+    assert metrics["tis_weight"] == pytest.approx(float(expected.sum()), abs=1e-5)
+    assert float(loss) == pytest.approx(float(-(batch.adv * expected).sum()), abs=1e-5)  # ratio 1: -A x w
 
 
 def test_vllm_backend_on_cpu_is_a_clear_error(tmp_path, cli):

@@ -54,6 +54,12 @@ def ppo_clip_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, clip: float) -> T
 POLICY_LOSSES = {"reinforce": reinforce_loss, "ppo_clip": ppo_clip_loss}
 
 
+def truncated_is_weights(train_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """(K,) min(pi_train / pi_sampler, cap): tokens the sampler over-sampled count less, none by more than
+    cap. The correction for a sampler whose distribution is slightly off the trainer's (vLLM, bf16)."""
+    return torch.exp(train_logp - sampler_logp).clamp(max=cap)
+
+
 def clip_fraction(logp: Tensor, old_logp: Tensor, clip: float) -> Tensor:
     ratio = (logp - old_logp).exp()
     return ((ratio - 1).abs() > clip).float()

@@ -42,14 +42,17 @@ from tunelab.train.dist import SINGLE
 class RolloutBatch:
     seqs: Layout  # each prompt with its G completions (data/layout.py); targets: the completion tokens
     seq: Tensor  # (K,) completion of each completion token (= seqs.target_seq), completion by completion
-    old_logp: Tensor  # (K,) log-probs at sampling time, recomputed by the trainer's forward
+    old_logp: Tensor | None  # (K,) log-probs of the policy that sampled; None: the loss's own forward
+    # gives them (on-policy: one update per rollout, so the policy has not moved since it sampled)
     ref_logp: Tensor | None  # (K,) reference model (adapter off / frozen copy)
     adv: Tensor  # (K,) advantage of each token
     returns: Tensor | None  # (K,) PPO value targets
     old_values: Tensor | None  # (K,) PPO values at sampling time
     rewards: Tensor  # (N,) total reward per completion
     stats: dict = field(default_factory=dict)  # already averaged: logged as they are
-    is_weight: Tensor | None = None  # (K,) truncated importance weights pi_trainer / pi_vllm (vLLM rollouts)
+    sampler_logp: Tensor | None = None  # (K,) the sampler's own log-probs where they are not the trainer's
+    # (vLLM, or decoding in bf16 / fp16): they weigh tokens (rollout.tis_cap) and are compared, never the ratio
+    sampler: str = "sampler"  # whose they are, in the logged `<sampler>_logp_mismatch`: vllm | sampler
 
     @property
     def n_targets(self) -> int:
@@ -326,34 +329,29 @@ class RolloutSource:
         seq = seqs.target_seq  # (K,)
         generated = sampled.completion_mask[:, sampled.prompt_len :]  # (N, C)
         on_device = seqs.to(self.policy.device)
-        is_weight, sampler_stats = None, {}
+        sampler_logp, sampler = None, "sampler" if self.sampler is None else "vllm"
         if self.sampler is None and not precision.current().mixed:
-            # fp32: the sampling distribution's log-probs come with sampling (raw logits / temperature);
-            # the trainer recomputes them in its own forward at the update and logs the mismatch
+            # fp32: the sampling distribution's log-probs come with sampling (raw logits / temperature)
             gen_logp, gen_entropy = sampled.gen_out  # (N, C) each
             old_logp, entropy = gen_logp[generated], gen_entropy[generated]  # (K,)
         else:  # vLLM, or HF decoding in bf16 / fp16 (cached, other batch shapes: other rounding): the
-            # trainer's own log-probs are the old ones; the sampler's only weigh and get logged
-            from tunelab.rl.vllm_backend import truncated_is_weights
-
-            logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
-            old_logp, entropy = logp.cpu(), ent.cpu()
+            # trainer's own log-probs are the old ones; the sampler's only weigh tokens and get logged
             gen = sampled.gen_out if self.sampler is not None else sampled.gen_out[0]
             sampler_logp = gen[generated]  # (K,)
-            name = "vllm_logp_mismatch" if self.sampler is not None else "sampler_logp_mismatch"
-            sampler_stats = {name: float((old_logp - sampler_logp).abs().mean())}
-            if cfg.rollout.tis_cap:
-                is_weight = truncated_is_weights(old_logp, sampler_logp, cfg.rollout.tis_cap)
-                sampler_stats["tis_weight"] = float(is_weight.mean())
+            if self.on_policy():  # the loss's forward gives the trainer's log-probs: one forward fewer
+                old_logp, entropy = None, sampled.gen_out[1][generated]  # a statistic: the sampler's
+            else:  # the trainer's log-probs are needed before the update
+                logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
+                old_logp, entropy = logp.cpu(), ent.cpu()
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
             old_values = layout_logprobs(self.policy, on_device, cfg.rollout.temperature, self.value_head)[2]
             old_values = old_values.cpu()
         ref_logp = self.ref(on_device).cpu() if self.ref is not None else None
-        kl_tok = P.kl_k1(old_logp, ref_logp) if ref_logp is not None else torch.zeros_like(old_logp)
+        logp = old_logp if old_logp is not None else sampler_logp  # the rollout's statistics read these
+        kl_tok = P.kl_k1(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
         adv, returns = self.advantages(scored.rewards, seq, kl_tok, old_values)
-        stats = self.step_stats(sampled, scored, old_logp, ref_logp, entropy)
-        stats.update(sampler_stats)
+        stats = self.step_stats(sampled, scored, logp, ref_logp, entropy)
         return RolloutBatch(
             seqs,
             seq,
@@ -364,8 +362,18 @@ class RolloutSource:
             old_values,
             scored.rewards,
             stats,
-            is_weight,
+            sampler_logp,
+            sampler,
         )
+
+    def on_policy(self) -> bool:
+        """Whether the loss's forward may stand for the trainer's log-probs at sampling time: one update per
+        rollout (the policy moves only after every micro-batch of the step has been sampled), nothing that
+        needs them before the loss (a KL in the reward, PPO's values), and HF decoding (it gives the
+        entropies the statistics read; vLLM does not)."""
+        cfg = self.cfg
+        alone = self.sampler is None  # vLLM gives no entropy, which the statistics and alerts read
+        return alone and cfg.rl.ppo_epochs == 1 and cfg.kl.mode != "reward" and self.value_head is None
 
     def lay_out(self, sampled: Sampled) -> Layout:
         """Each prompt (without its left padding) and its G completions (to their EOS) as one segment,

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from tunelab.errors import TunelabError
 
@@ -32,11 +31,6 @@ class Sampled:
 
     token_ids: list[int]  # generated tokens, the stopping EOS included when there was one
     logp: list[float]  # the sampler's log-prob of each (after temperature)
-
-
-def truncated_is_weights(train_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
-    """(K,) min(pi_train / pi_sampler, cap): tokens the sampler over-sampled count less, none by more than cap."""
-    return torch.exp(train_logp - sampler_logp).clamp(max=cap)
 
 
 def layout(prompts: list[list[int]], completions: list[Sampled], group: int, pad_id: int):

@@ -40,13 +40,18 @@ def make_loss_fn(cfg: RLConfig, value_head=None):
         logp, entropy, values = layout_logprobs(
             model, batch.seqs, cfg.rollout.temperature, value_head
         )  # (K,)
-        loss = policy_loss(logp, batch.old_logp, batch.adv, cfg.rl.clip)  # (K,)
-        if batch.is_weight is not None:  # vLLM sampled: truncated importance-sampling correction
-            loss = loss * batch.is_weight
+        old_logp = batch.old_logp if batch.old_logp is not None else logp.detach()  # None: on-policy
+        loss = policy_loss(logp, old_logp, batch.adv, cfg.rl.clip)  # (K,)
         metrics = {
-            "clip_frac": float(P.clip_fraction(logp.detach(), batch.old_logp, cfg.rl.clip).sum()),
-            "logp_mismatch": float((logp.detach() - batch.old_logp).abs().sum()),
-        }  # trainer vs sampler
+            "clip_frac": float(P.clip_fraction(logp.detach(), old_logp, cfg.rl.clip).sum()),
+            "logp_mismatch": float((logp.detach() - old_logp).abs().sum()),  # this forward vs the old one
+        }
+        if batch.sampler_logp is not None:  # vLLM or bf16 decoding: the trainer's and the sampler's differ
+            metrics[f"{batch.sampler}_logp_mismatch"] = float((old_logp - batch.sampler_logp).abs().sum())
+            if cfg.rollout.tis_cap:  # truncated importance sampling: pi_trainer / pi_sampler, capped
+                weight = P.truncated_is_weights(old_logp, batch.sampler_logp, cfg.rollout.tis_cap)
+                loss = loss * weight
+                metrics["tis_weight"] = float(weight.sum())
         if batch.ref_logp is not None and cfg.kl.mode == "loss" and cfg.kl.beta:
             loss = loss + cfg.kl.beta * kl_estimate(logp, batch.ref_logp)
         if values is not None:
