@@ -9,6 +9,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.layout import IGNORE, Segment, lay_out, pair_segment
+from tunelab.models.attention import attends_per_view, segment_kwargs
 from tunelab.stages.common import prepare_model
 
 PAIRS = [
@@ -84,7 +85,7 @@ def rm_case(packed: bool):
 
     cfg, model, tok = model_for("RMConfig", head="reward")
     pairs, _ = rm.render_pairs(PAIRS, tok, cfg)
-    batch = collate_pairs(pairs, tok.pad_token_id, packed=packed, max_len=200)
+    batch = collate_pairs(pairs, tok.pad_token_id, packed=packed, max_len=None, views=packed)
     return model, rm.make_loss_fn(), batch, lambda m, b: layout_rewards(m, b.seqs)
 
 
@@ -94,7 +95,7 @@ def dpo_case(packed: bool):
 
     cfg, model, tok = model_for("DPOConfig")
     pairs = dpo.render_pairs(PAIRS, tok, cfg)
-    batch = dpo.collate_dpo(pairs, tok.pad_token_id, packed=packed, max_len=200)
+    batch = dpo.collate_dpo(pairs, tok.pad_token_id, packed=packed, max_len=None, views=packed)
     return model, dpo.make_loss_fn(cfg), batch, lambda m, b: sequence_logprobs(m, b.seqs)
 
 
@@ -112,7 +113,7 @@ def rl_case(packed: bool):
         )
         for p in ("what is two plus two", "a longer question about the cat that sat on the mat")
     ]
-    seqs = lay_out(segments, tok.pad_token_id, packed=packed, max_len=64)
+    seqs = lay_out(segments, tok.pad_token_id, packed=packed, max_len=None, views=packed)
     with torch.no_grad():  # the sampler's log-probs: the padded forward's, the same for both layouts
         padded = lay_out(segments, tok.pad_token_id, packed=False)
         old = layout_logprobs(model, padded, 0.7)[0] + 0.05 * torch.linspace(-1, 1, padded.n_targets)
@@ -129,6 +130,8 @@ def test_packed_and_padded_layouts_give_the_same_losses_values_and_gradients(sta
     runs = {packed: CASES[stage](packed) for packed in (True, False)}
     layout = {packed: getattr(run[2], "seqs", run[2]) for packed, run in runs.items()}
     assert layout[True].packed and layout[True].attention_mask.dim() == 4  # the packed path is taken
+    if stage in ("rm", "dpo", "rl"):  # ragged segments: long rows and attention per view (SDPA)
+        assert layout[True].views is not None and segment_kwargs(runs[True][0], layout[True])
     assert not layout[False].packed and layout[False].attention_mask.dim() == 2
     if stage != "pretrain":  # pre-training blocks are full: packed, each fills a row of its own
         assert layout[True].input_ids.shape[0] < layout[True].n_seqs  # rows hold several segments
@@ -160,6 +163,7 @@ def test_a_packed_layout_shares_prompts_caps_rows_and_continues_positions():
     assert batch.source.tolist() == [2, 3, 2, 6, 7, 8]
     assert batch.target_seq.tolist() == [0, 0, 1, 2, 2, 2]
     assert batch.last.tolist() == [4, 5, 9]
+    assert batch.views is None  # no views asked for: the mask runs
     padded = lay_out(segments, pad_id=0, packed=False)
     assert padded.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 6, 0], [7, 8, 9, 10, 0]]
     assert padded.target_ids.tolist() == batch.target_ids.tolist()
@@ -170,3 +174,41 @@ def test_a_preference_pair_shares_its_prompt_up_to_the_first_label():
     seg = pair_segment([1, 2, 3, 4], [1, 2, 5], [IGNORE, IGNORE, 3, 4], [IGNORE, IGNORE, IGNORE])
     assert seg.prompt == [1, 2] and seg.continuations == [[3, 4], [5]]
     assert pair_segment([1, 2], [1, 2]).continuations == [[2], [2]]  # each keeps a token of its own
+
+
+def test_views_let_rows_grow_long_when_that_saves_padding():
+    segments = [Segment([1, 2, 3], [[4, 5], [6]]), Segment([7], [[8, 9, 10]])]
+    batch = lay_out(segments, pad_id=0, packed=True, max_len=8, views=True)
+    # short rows take 2 x 6 positions, one long row 10: one row, and attention per view. Each
+    # continuation's view is its prompt's positions, then its own, right-padded with position 0 (lengths
+    # 5, 4, 4: one bucket); every position's output is read from one slot of it (a prompt's: the first view)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    assert [v.tolist() for v in batch.views] == [[[0, 1, 2, 3, 4], [0, 1, 2, 5, 0], [6, 7, 8, 9, 0]]]
+    assert batch.home.tolist() == [0, 1, 2, 3, 4, 8, 10, 11, 12, 13]
+    assert batch.attention_mask.shape == (1, 1, 10, 10)  # the mask stays: eager attention runs it
+    group = lay_out([Segment([1, 2, 3], [[4, 5], [6, 7]])], pad_id=0, packed=True, views=True)
+    assert group.views is None  # one row either way: nothing to save, the mask runs
+
+
+def test_views_of_very_different_lengths_go_to_separate_buckets():
+    segments = [Segment([1], [[2] * 9, [3]]), Segment([], [[4] * 8])]
+    batch = lay_out(segments, pad_id=0, packed=True, max_len=None, views=True)
+    assert [tuple(v.shape) for v in batch.views] == [(2, 10), (1, 2)]  # lengths 10, 8 | 2
+    flat = batch.input_ids.flatten()
+    for v in batch.views:  # each view starts at a real token: its prompt, or its continuation
+        assert bool((flat[v[:, 0]] != 0).all())
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo", "rl"])
+def test_attention_per_view_is_the_masked_attention(stage, one_thread):
+    """The same packed batch through SDPA per view and through eager attention on its 4-D mask."""
+    model, loss_fn, batch, values_fn = CASES[stage](True)
+    layout = getattr(batch, "seqs", batch)
+    assert layout.views is not None
+    with torch.no_grad():
+        per_view = values_fn(model, batch)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.set_attn_implementation("eager")
+        assert not attends_per_view(model) and not segment_kwargs(model, layout)
+        masked = values_fn(model, batch)  # eager attention adds the mask: 0 or the most negative float
+    assert torch.allclose(per_view, masked, rtol=1e-5, atol=1e-5), (per_view - masked).abs().max()

@@ -172,7 +172,8 @@ def test_scores_do_not_depend_on_batch_size_or_padding_side(trained_rm):
         mask[i, T - len(s) :] = 1
     with torch.no_grad():
         left = rewards(scorer.model, ids, mask).tolist()
-    assert left == pytest.approx(one, rel=1e-5, abs=1e-5)  # float rounding: 1.1e-5 of a score of 4.8 seen
+    # float rounding: 1.1e-5 of a score of 4.8 seen, and 1.1e-5 of 2.46 with another trained model
+    assert left == pytest.approx(one, rel=3e-5, abs=1e-5)
 
 
 def test_score_command_adds_rewards_and_accuracy(trained_rm, tmp_path):

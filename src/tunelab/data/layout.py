@@ -55,13 +55,20 @@ class Layout:
     n_seqs: int  # S: continuations in the batch
     packed: bool
     n_tokens: int = 0  # positions that hold a token (a packed prompt counts once)
+    # packed only, for attention per continuation (models/attention.py): each continuation's view is its
+    # prompt's positions then its own, as flat (R, T) indices, in buckets of similar length
+    views: list[Tensor] | None = None  # per bucket (V_b, L_b), right-padded
+    home: Tensor | None = None  # (R * T,) the slot (buckets' slots end to end) each position is read from
 
     @property
     def n_targets(self) -> int:
         return int(self.target_ids.shape[0])
 
     def to(self, device) -> Layout:
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.type == "Tensor"}
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        moved = {k: v.to(device) for k, v in moved.items() if isinstance(v, Tensor)}
+        if self.views is not None:
+            moved["views"] = [v.to(device) for v in self.views]
         return replace(self, **moved)
 
 
@@ -93,6 +100,12 @@ def _rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
+def _positions(segments: list[Segment], rows: list[list[int]]) -> int:
+    """Positions a batch of these rows takes: rows x the longest row."""
+    length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
+    return len(rows) * max(sum(length[i] for i in row) for row in rows)
+
+
 def _cheapest_rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
     """Rows capped at the longest segment or at `max_len`, whichever holds the batch in fewer positions
     (rows x longest row; ties: the shorter rows). Capped at the longest segment, packing never makes a
@@ -100,18 +113,30 @@ def _cheapest_rows(segments: list[Segment], max_len: int | None) -> list[list[in
     many short segments."""
     length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
     caps = sorted({max(length), *([max_len] if max_len is not None and max_len > max(length) else [])})
-
-    def positions(rows):
-        return len(rows) * max(sum(length[i] for i in row) for row in rows)
-
-    return min((_rows(segments, cap) for cap in caps), key=positions)  # min keeps the first of equals
+    return min((_rows(segments, cap) for cap in caps), key=lambda rows: _positions(segments, rows))
 
 
-def lay_out(segments: list[Segment], pad_id: int, *, packed: bool, max_len: int | None = None) -> Layout:
-    """The segments as one batch, packed (rows of at most `max_len` positions) or padded."""
-    if packed:
-        return _packed(segments, pad_id, max_len)
-    return _padded(segments, pad_id)
+VIEW_ROWS = 4096  # row length allowed when attention runs per view: a (T, T) mask of 16 MB of booleans
+VIEWS_SAVE = 0.9  # views are used when their long rows take at most this share of the short rows' positions
+
+
+def lay_out(
+    segments: list[Segment], pad_id: int, *, packed: bool, max_len: int | None = None, views: bool = False
+) -> Layout:
+    """The segments as one batch, packed (rows of at most `max_len` positions) or padded.
+
+    `views`: the model can run a packed batch's attention per continuation (models/attention.py), whose
+    cost does not grow with the row. The rows may then be up to VIEW_ROWS long, which leaves less padding
+    in every linear layer; they are, with views, when that saves at least a tenth of the positions (a
+    batch of ragged pairs), else the short rows run their mask (one row already, as an RL group)."""
+    if not packed:
+        return _padded(segments, pad_id)
+    rows = _cheapest_rows(segments, max_len)
+    if views:
+        long_rows = _rows(segments, max(VIEW_ROWS, max_len or 0))
+        views = _positions(segments, long_rows) <= VIEWS_SAVE * _positions(segments, rows)
+        rows = long_rows if views else rows
+    return _packed(segments, pad_id, rows, views)
 
 
 def _padded(segments: list[Segment], pad_id: int) -> Layout:
@@ -147,8 +172,7 @@ def _padded(segments: list[Segment], pad_id: int) -> Layout:
     )
 
 
-def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout:
-    rows = _cheapest_rows(segments, max_len)
+def _packed(segments: list[Segment], pad_id: int, rows: list[list[int]], views: bool) -> Layout:
     lengths = [
         sum(len(segments[i].prompt) + sum(map(len, segments[i].continuations)) for i in row) for row in rows
     ]
@@ -166,6 +190,7 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
     source = [torch.zeros(0, dtype=torch.long)] * S  # per continuation: the positions predicting its targets
     at_target = [torch.zeros(0, dtype=torch.long)] * S  # ... and its targets' own positions
     last = [0] * S
+    view_of = [torch.zeros(0, dtype=torch.long)] * S  # per continuation: its view's flat positions
     for r, row in enumerate(rows):
         at = 0
         for i in row:
@@ -176,9 +201,11 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
             seg_of[r, at : at + P] = i
             cont_of[r, at : at + P] = -1
             prompt_end = at + P - 1  # flat column of the last prompt token (unused without a prompt)
+            prompt_at = torch.arange(r * T + at, r * T + at + P)
             at += P
             for c, tokens in enumerate(seg.continuations):
                 s, n = first_seq[i] + c, len(tokens)
+                view_of[s] = torch.cat([prompt_at, torch.arange(r * T + at, r * T + at + n)])
                 input_ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
                 position_ids[r, at : at + n] = torch.arange(P, P + n)
                 seg_of[r, at : at + n] = i
@@ -194,6 +221,7 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     mask = same_seg & key_ok & causal & real[:, None, :] & real[:, :, None]
     mask |= torch.eye(T, dtype=torch.bool)[None] & ~real[:, :, None]  # padding sees itself: no empty row
+    views, home = _views(view_of, R * T) if views else (None, None)
     return Layout(
         input_ids,
         mask[:, None],
@@ -205,7 +233,38 @@ def _packed(segments: list[Segment], pad_id: int, max_len: int | None) -> Layout
         S,
         packed=True,
         n_tokens=int(real.sum()),
+        views=views,
+        home=home,
     )
+
+
+BUCKET_SHRINK = 0.8  # a view shorter than this share of its bucket's longest starts a new bucket
+
+
+def _views(view_of: list[Tensor], n_positions: int) -> tuple[list[Tensor], Tensor]:
+    """Each continuation's view (its prompt's flat positions, then its own) in buckets of similar length:
+    per bucket (V_b, L_b), right-padded with position 0 (a padded slot comes after every real one, so
+    causal attention never shows it to a real token); and (n_positions,) the slot, in the buckets' slots
+    laid end to end, each grid position's output is read from: a prompt's from its segment's first view."""
+    order = sorted(range(len(view_of)), key=lambda v: -len(view_of[v]))  # longest first
+    buckets: list[list[int]] = []
+    for v in order:
+        if not buckets or len(view_of[v]) < BUCKET_SHRINK * len(view_of[buckets[-1][0]]):
+            buckets.append([])
+        buckets[-1].append(v)
+    gathers, start, offset = [], {}, 0
+    for bucket in buckets:
+        L = len(view_of[bucket[0]])
+        gather = torch.zeros(len(bucket), L, dtype=torch.long)
+        for j, v in enumerate(bucket):
+            gather[j, : len(view_of[v])] = view_of[v]
+            start[v] = offset + j * L
+        gathers.append(gather)
+        offset += len(bucket) * L
+    home = torch.zeros(n_positions, dtype=torch.long)  # padding: any slot (nothing reads it)
+    for v in reversed(range(len(view_of))):  # a shared prompt: the first continuation's view, written last
+        home[view_of[v]] = start[v] + torch.arange(len(view_of[v]))
+    return gathers, home
 
 
 def shared_prefix(a: list[int], b: list[int], stop: int | None = None) -> int:

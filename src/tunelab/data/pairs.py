@@ -52,7 +52,7 @@ def render_preference(tok, row: dict, opts: RenderOptions, max_len: int) -> tupl
 
 
 def collate_pairs(
-    pairs: list[Pair], pad_id: int, packed: bool = False, max_len: int | None = None
+    pairs: list[Pair], pad_id: int, packed: bool = False, max_len: int | None = None, views: bool = False
 ) -> PairBatch:
     """Each pair one segment: the prompt its two renderings share, then the chosen and the rejected answer."""
     if any(len(s) == 0 for p in pairs for s in (p.chosen, p.rejected)):
@@ -61,7 +61,7 @@ def collate_pairs(
         )
     segments = [pair_segment(p.chosen, p.rejected) for p in pairs]
     return PairBatch(
-        lay_out(segments, pad_id, packed=packed, max_len=max_len),
+        lay_out(segments, pad_id, packed=packed, max_len=max_len, views=views),
         torch.tensor([p.margin for p in pairs]),
         torch.tensor([p.weight for p in pairs]),
     )

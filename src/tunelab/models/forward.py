@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.layout import Layout
+from tunelab.models.attention import attention_inputs
 from tunelab.models.capability import prompt_learning, takes_4d_mask
 
 
@@ -75,10 +76,10 @@ def _forward(model, batch: Layout, keep: Tensor, hidden: bool = False) -> tuple[
     else:
         out = model(
             input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             logits_to_keep=keep,
             output_hidden_states=hidden,
+            **attention_inputs(model, batch),  # the mask; packed: views (models/attention.py)
         )
     states = out.hidden_states[-1].reshape(R * T, -1) if hidden else None
     return out.logits.reshape(-1, out.logits.shape[-1]), states

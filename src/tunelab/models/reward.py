@@ -13,6 +13,7 @@ from torch import Tensor
 
 from tunelab.data.layout import Layout
 from tunelab.errors import TunelabError
+from tunelab.models.attention import attention_inputs
 from tunelab.models.capability import inner
 
 
@@ -41,9 +42,9 @@ def layout_rewards(model, batch: Layout) -> Tensor:
     head = _seq_cls_model(inner(model))
     hidden = model(
         input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         output_hidden_states=True,
+        **attention_inputs(model, batch),  # the mask; packed: views (models/attention.py)
     ).hidden_states[-1]  # (R, T, H) after the final norm
     pooled = hidden.reshape(-1, hidden.shape[-1])[batch.last]  # (S, H)
     return head.score(pooled).squeeze(-1).float()  # (S,)

@@ -30,6 +30,7 @@ from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.losses import policy as P
 from tunelab.models import precision
 from tunelab.models.adapters import lora_merged
+from tunelab.models.attention import attends_per_view
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.forward import layout_logprobs, logprobs_of
 from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
@@ -387,8 +388,10 @@ class RolloutSource:
             )
             for g in range(0, ids.shape[0], G)
         ]
-        packed = takes_4d_mask(self.policy)
-        return lay_out(segments, self.tok.pad_token_id, packed=packed, max_len=self.cfg.train.max_len)
+        packed, views = takes_4d_mask(self.policy), attends_per_view(self.policy)
+        return lay_out(
+            segments, self.tok.pad_token_id, packed=packed, max_len=self.cfg.train.max_len, views=views
+        )
 
     def step_stats(self, sampled: Sampled, scored: Scored, old_logp, ref_logp, entropy) -> dict:
         """The step's statistics: rewards over every rank, KL, entropy, lengths, timings."""

@@ -24,6 +24,7 @@ from tunelab.data.read import read_dataset
 from tunelab.data.render import Tokenized, render_answer
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
+from tunelab.models.attention import attends_per_view
 from tunelab.models.capability import inner, takes_4d_mask
 from tunelab.models.forward import sequence_logprobs
 from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
@@ -40,22 +41,28 @@ class DPOBatch:
 
 
 def collate_dpo(
-    pairs: list[tuple[Tokenized, Tokenized]], pad_id: int, packed: bool = False, max_len: int | None = None
+    pairs: list[tuple[Tokenized, Tokenized]],
+    pad_id: int,
+    packed: bool = False,
+    max_len: int | None = None,
+    views: bool = False,
 ) -> DPOBatch:
     """Each pair one segment (data/layout.py `pair_segment`): its prompt once, then the chosen and the
-    rejected answer; packed (rows of at most max_len) or padded, as the stage decided."""
+    rejected answer; packed (rows of at most max_len, or longer with views) or padded, as the stage decided."""
     segments = [pair_segment(c.input_ids, r.input_ids, c.labels, r.labels) for c, r in pairs]
-    return DPOBatch(lay_out(segments, pad_id, packed=packed, max_len=max_len))
+    return DPOBatch(lay_out(segments, pad_id, packed=packed, max_len=max_len, views=views))
 
 
-def train_batches(pairs, tok, cfg: DPOConfig, packed: bool = False, training: bool = True):
+def train_batches(
+    pairs, tok, cfg: DPOConfig, packed: bool = False, training: bool = True, views: bool = False
+):
     """The (chosen, rejected) pairs' batch source: shuffled per epoch and grouped by length
     (data.group_by_length) for training, in order for evaluation; packed when the model takes a 4-D
     mask (each prompt then runs once for both answers)."""
     return pair_batches(
         pairs,
         cfg.train.batch_size,
-        lambda chunk: collate_dpo(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda chunk: collate_dpo(chunk, tok.pad_token_id, packed, cfg.train.max_len, views),
         lambda pair: max(len(pair[0].input_ids), len(pair[1].input_ids)),
         cfg.seed,
         shuffle=training,
@@ -131,14 +138,14 @@ def main(cfg: DPOConfig) -> Path:
         "beta": cfg.dpo.beta,
         "loss": cfg.dpo.loss,
     }
-    packed = takes_4d_mask(model)
+    packed, views = takes_4d_mask(model), attends_per_view(model)
     eval_batches = None
     if held_rows:
         eval_batches = train_batches(
-            render_pairs(held_rows, tok, cfg), tok, cfg, packed, training=False
+            render_pairs(held_rows, tok, cfg), tok, cfg, packed, training=False, views=views
         ).all()
         report["eval pairs"] = len(held_rows)
-    batches = train_batches(pairs, tok, cfg, packed)
+    batches = train_batches(pairs, tok, cfg, packed, views=views)
     return train(
         model,
         tok,

@@ -25,6 +25,7 @@ from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models import rm_gate
+from tunelab.models.attention import attends_per_view
 from tunelab.models.capability import takes_4d_mask
 from tunelab.models.reward import layout_rewards
 from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
@@ -56,13 +57,16 @@ def render_pairs(rows, tok, cfg: RMConfig):
     return pairs, n_cut
 
 
-def train_batches(pairs, tok, cfg: RMConfig, packed: bool = False, training: bool = True):
+def train_batches(
+    pairs, tok, cfg: RMConfig, packed: bool = False, training: bool = True, views: bool = False
+):
     """The pairs' batch source: shuffled per epoch and grouped by length (data.group_by_length) for
-    training, in order for evaluation; packed when the model takes a 4-D mask (a pair's prompt runs once)."""
+    training, in order for evaluation; packed when the model takes a 4-D mask (a pair's prompt runs once),
+    with `views`, its attention may run per continuation (data/layout.py `lay_out`)."""
     return pair_batches(
         pairs,
         cfg.train.batch_size,
-        lambda chunk: collate_pairs(chunk, tok.pad_token_id, packed, cfg.train.max_len),
+        lambda chunk: collate_pairs(chunk, tok.pad_token_id, packed, cfg.train.max_len, views),
         lambda pair: max(len(pair.chosen), len(pair.rejected)),
         cfg.seed,
         shuffle=training,
@@ -136,13 +140,13 @@ def main(cfg: RMConfig) -> Path:
     if not pairs:
         raise TunelabError(f"No preference pairs left after fitting to train.max_len={cfg.train.max_len}.")
     report = {"train pairs": f"{len(pairs)} ({n_cut} cut to the last {cfg.train.max_len} tokens)"}
-    packed = takes_4d_mask(model)
+    packed, views = takes_4d_mask(model), attends_per_view(model)
     eval_batches = None
     if held_rows:
         held, _ = render_pairs(held_rows, tok, cfg)
-        eval_batches = train_batches(held, tok, cfg, packed, training=False).all()
+        eval_batches = train_batches(held, tok, cfg, packed, training=False, views=views).all()
         report["eval pairs"] = len(held)
-    batches = train_batches(pairs, tok, cfg, packed)
+    batches = train_batches(pairs, tok, cfg, packed, views=views)
     started = time.time()
     run = train(
         model,

@@ -1,0 +1,110 @@
+"""Attention on a packed layout that computes only what its mask allows: each continuation with its prompt.
+
+    out = model(**inputs, **segment_kwargs(model, batch))   # batch: a packed data/layout.Layout
+
+A packed row holds segments (a prompt and its continuations), and its 4-D mask lets each token see its
+own prompt and its own continuation only. SDPA given that mask still computes every query against every
+key of the row, and its cost grows with the row: rows are then kept short, and short rows of ragged
+segments are padding in every linear layer (a reward-model batch of 8 pairs: 8 rows of 410 positions
+for 2,520 tokens). Here every continuation is a *view*: its prompt's positions followed by its own,
+gathered from the rows into a short causal sequence. Views of similar length go into one SDPA call
+(`is_causal`, no mask), and each position's output is read back from the one view that holds it (a
+prompt's from its first continuation's view). A token sees exactly the keys its mask allows, at the
+same positions, so the result is the masked attention's up to float rounding (tests/test_layout.py).
+Rows can then be long (`row_cap`): the linear layers run once per token with little padding, a shared
+prompt is projected once, and only its attention is repeated per view. Measured on SmolLM2 + LoRA,
+bf16, a reward-model step of 8 pairs: 8.3 s with the masked rows, 6.0-7.1 s this way
+(docs/decisions.md, "Attention per view").
+
+The views travel as a forward keyword (transformers passes unknown keywords down to the attention
+function); the function registered here as "sdpa" runs them when they are there and is transformers'
+own SDPA otherwise, so every other forward (generation, padded batches) is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tunelab.models.capability import inner, takes_4d_mask
+
+KEYWORD = "segment_views"  # the forward keyword the views travel under
+
+
+@dataclass
+class SegmentViews:
+    buckets: list[Tensor]  # per bucket (V_b, L_b): flat (R, T) positions of each view, right-padded
+    home: Tensor  # (R * T,) the slot, in the buckets' slots laid end to end, holding each position's output
+
+    def gather(self, x: Tensor, bucket: Tensor) -> Tensor:
+        """(R, h, T, D) heads per row -> (V_b, h, L_b, D) heads per view."""
+        R, h, T, D = x.shape
+        flat = x.transpose(1, 2).reshape(R * T, h, D)
+        V, L = bucket.shape
+        return flat.index_select(0, bucket.flatten()).view(V, L, h, D).transpose(1, 2)
+
+    def scatter(self, outs: list[Tensor], R: int, T: int) -> Tensor:
+        """Per bucket (V_b, L_b, H, D) attention outputs -> (R, T, H, D) per row."""
+        H, D = outs[0].shape[-2:]
+        flat = torch.cat([o.reshape(-1, H, D) for o in outs])  # (sum V_b L_b, H, D)
+        return flat.index_select(0, self.home).view(R, T, H, D)
+
+
+def segment_attention(module, query, key, value, attention_mask, segment_views=None, **kwargs):
+    """transformers' SDPA attention; per view when a packed batch brought its views (the mask is then
+    not needed: each view is causal)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if segment_views is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    R, _, T, _ = query.shape
+    kwargs.pop("is_causal", None)
+    outs = []
+    for bucket in segment_views.buckets:
+        q, k, v = (segment_views.gather(x, bucket) for x in (query, key, value))  # (V_b, h, L_b, D)
+        out, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)  # (V_b, L_b, H, D)
+        outs.append(out)
+    return segment_views.scatter(outs, R, T), None
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register `segment_attention` as transformers' "sdpa" (once per process; without views it is SDPA)."""
+    global _installed
+    if not _installed:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("sdpa", segment_attention)
+        _installed = True
+
+
+def attends_per_view(model) -> bool:
+    """Whether a packed batch's attention runs per view on this model: SDPA attention (eager attention
+    takes the 4-D mask as it is)."""
+    implementation = getattr(getattr(inner(model), "config", None), "_attn_implementation", None)
+    return takes_4d_mask(model) and implementation == "sdpa"
+
+
+def segment_kwargs(model, batch) -> dict:
+    """The forward keyword that makes a packed batch's attention run per view; nothing for a padded batch
+    or a model that takes the mask instead."""
+    if getattr(batch, "views", None) is None or not attends_per_view(model):
+        return {}
+    install()
+    return {KEYWORD: SegmentViews(batch.views, batch.home)}
+
+
+def attention_inputs(model, batch) -> dict:
+    """`attention_mask` (and the views) for a forward of `batch` (data/layout.Layout) on `model`.
+
+    A packed batch's 4-D mask is boolean (True: the query may see the key), which SDPA takes as it is;
+    eager attention adds its mask to the scores, so it gets 0 where allowed and the most negative float
+    elsewhere (given the booleans, it added 1 and 0: every packed token saw every other)."""
+    mask = batch.attention_mask
+    if batch.packed and mask.dtype == torch.bool and not attends_per_view(model):
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return {"attention_mask": mask, **segment_kwargs(model, batch)}
