@@ -90,7 +90,9 @@ def test_sampling_that_drops_finished_rows_scores_what_a_forward_scores():
     prompts = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"], strict=True)]
     segments = [Segment(p, [row[g].tolist()]) for p, row, g in zip(prompts, new, generated, strict=True)]
     with torch.no_grad():
-        want_logp, want_entropy, _ = layout_logprobs(model, lay_out(segments, 0, packed=False), 0.8)
+        want_logp, want_entropy, _ = layout_logprobs(
+            model, lay_out(segments, 0, packed=False), 0.8, entropy=True
+        )
     assert torch.allclose(logp[generated], want_logp, atol=1e-4)
     assert torch.allclose(entropy[generated], want_entropy, atol=1e-4)
 
@@ -182,3 +184,19 @@ def test_lora_merged_leaves_dora_and_a_disabled_adapter_alone():
     model, _ = lora_model(["q_proj"])
     with model.disable_adapter(), lora_merged(model):
         assert not any(getattr(m, "merged", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_query_gqa_is_attention_over_the_repeated_key_value_heads(masked):
+    from tunelab.models.attention import one_query_gqa
+
+    torch.manual_seed(0)
+    B, H, Hkv, L, D = 3, 6, 2, 7, 8
+    q, k, v = torch.randn(B, H, 1, D), torch.randn(B, Hkv, L, D), torch.randn(B, Hkv, L, D)
+    mask = torch.rand(B, 1, 1, L) > 0.3 if masked else None
+    if masked:
+        mask[:, :, :, 0] = True  # every row sees a key
+    k_rep, v_rep = (x.repeat_interleave(H // Hkv, dim=1) for x in (k, v))  # transformers' repeat_kv
+    want = torch.nn.functional.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask, scale=0.3)
+    got = one_query_gqa(q, k, v, mask, 0.3)  # (B, 1, H, D)
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-6)

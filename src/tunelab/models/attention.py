@@ -52,12 +52,40 @@ class SegmentViews:
         return flat.index_select(0, self.home).view(R, T, H, D)
 
 
+def one_query_gqa(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None
+) -> Tensor:
+    """Attention of one new token per row (decoding) when query heads share key/value heads (GQA): the
+    G query heads of a key/value head run as G queries of that head, (B, H, 1, D) -> (B, Hkv, G, D), so
+    nothing is repeated and no GQA kernel is needed. On a CPU, SmolLM2's 9 query / 3 key-value heads:
+    108 µs a layer instead of SDPA's enable_gqa path at 409 (12 rows, 70 cached keys). The mask is per
+    key, (B, 1, 1, L) or None, the same for every head. Returns (B, 1, H, D), as transformers' attention."""
+    B, H, _, D = query.shape
+    Hkv = key.shape[1]
+    packed = query.reshape(B, Hkv, H // Hkv, D)  # query head h = kv head h // G, member h % G (repeat_kv)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(B, H, 1, D).transpose(1, 2)
+
+
+def _decoding_gqa(query: Tensor, key: Tensor, attention_mask, kwargs: dict) -> bool:
+    """Whether `one_query_gqa` applies: one query per row, fewer key/value heads than query heads, a CPU
+    (CUDA kernels take GQA as it is), a mask shared by the heads and nothing else in the scores."""
+    shared_mask = attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1)
+    plain = (
+        not kwargs.get("dropout") and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    )
+    gqa = query.shape[1] > key.shape[1] and query.shape[1] % key.shape[1] == 0
+    return query.shape[2] == 1 and gqa and query.device.type == "cpu" and shared_mask and plain
+
+
 def segment_attention(module, query, key, value, attention_mask, segment_views=None, **kwargs):
     """transformers' SDPA attention; per view when a packed batch brought its views (the mask is then
-    not needed: each view is causal)."""
+    not needed: each view is causal), and `one_query_gqa` for a decoding step on a CPU."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if segment_views is None:
+        if _decoding_gqa(query, key, attention_mask, kwargs):
+            return one_query_gqa(query, key, value, attention_mask, kwargs.get("scaling")), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     R, _, T, _ = query.shape
     kwargs.pop("is_causal", None)

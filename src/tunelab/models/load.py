@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.models import attention
 
 EMBEDDED = {
     # name: (python package that ships it, GGUF file inside it, pip command that installs it)
@@ -255,6 +256,7 @@ def load_model(
         tok.pad_token = tok.eos_token
     if adapter is not None:
         model = _with_adapter(model, adapter)
+    attention.install()  # SDPA that also runs packed views and CPU decoding's GQA (models/attention.py)
     return model, tok
 
 

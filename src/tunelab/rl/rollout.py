@@ -342,7 +342,7 @@ class RolloutSource:
             if self.on_policy():  # the loss's forward gives the trainer's log-probs: one forward fewer
                 old_logp, entropy = None, sampled.gen_out[1][generated]  # a statistic: the sampler's
             else:  # the trainer's log-probs are needed before the update
-                logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature)
+                logp, ent, _ = layout_logprobs(self.policy, on_device, cfg.rollout.temperature, entropy=True)
                 old_logp, entropy = logp.cpu(), ent.cpu()
         old_values = None
         if self.value_head is not None:  # PPO: values at sampling time
