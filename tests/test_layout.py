@@ -9,7 +9,8 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.layout import IGNORE, Segment, lay_out, pair_segment
-from tunelab.models.attention import attends_per_view, segment_kwargs
+from tunelab.models.attention import segment_kwargs
+from tunelab.models.capability import attends_per_view
 from tunelab.stages.common import prepare_model
 
 PAIRS = [

@@ -17,7 +17,10 @@ see the earlier tokens of its own prompt and its own continuation only, and posi
 prompt into each of its continuations. Every token then has exactly the keys and positions it has in
 its padded row, so the two layouts give the same log-probs, rewards and gradients up to float
 rounding (tests/test_layout.py checks 1e-5 for every stage). The last prompt token predicts the first
-token of every continuation: its logits are computed once and read G times.
+token of every continuation: its logits are computed once and read G times. With `views=True` (the model
+runs SDPA), a packed batch may also list each continuation's *view* (its prompt's positions, then its
+own): its attention then runs per view (models/attention.py), rows may be long, and padding leaves the
+linear layers; that is taken only where it saves a tenth of the positions.
 
 Targets are listed explicitly rather than as shifted labels, since one position may predict several
 targets: target k is token `target_ids[k]`, predicted by the logits at flat position `source[k]` of the

@@ -11,10 +11,11 @@ gathered from the rows into a short causal sequence. Views of similar length go 
 (`is_causal`, no mask), and each position's output is read back from the one view that holds it (a
 prompt's from its first continuation's view). A token sees exactly the keys its mask allows, at the
 same positions, so the result is the masked attention's up to float rounding (tests/test_layout.py).
-Rows can then be long (`row_cap`): the linear layers run once per token with little padding, a shared
-prompt is projected once, and only its attention is repeated per view. Measured on SmolLM2 + LoRA,
-bf16, a reward-model step of 8 pairs: 8.3 s with the masked rows, 6.0-7.1 s this way
-(docs/decisions.md, "Attention per view").
+Rows can then be long: the linear layers run once per token with little padding, a shared
+prompt is projected once, and only its attention is repeated per view. The layout takes views only
+where the long rows save positions (data/layout.py `lay_out`): on a CPU, many short views cost more than
+one masked row of an RL group. Measured on SmolLM2 + LoRA in bf16, the reward-model benchmark went from
+0.908 to 1.11 pairs/s (docs/decisions.md, "Reward-model and GRPO speed").
 
 The views travel as a forward keyword (transformers passes unknown keywords down to the attention
 function); the function registered here as "sdpa" runs them when they are there and is transformers'
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tunelab.models.capability import inner, takes_4d_mask
+from tunelab.models.capability import attends_per_view
 
 KEYWORD = "segment_views"  # the forward keyword the views travel under
 
@@ -108,13 +109,6 @@ def install() -> None:
 
         AttentionInterface.register("sdpa", segment_attention)
         _installed = True
-
-
-def attends_per_view(model) -> bool:
-    """Whether a packed batch's attention runs per view on this model: SDPA attention (eager attention
-    takes the 4-D mask as it is)."""
-    implementation = getattr(getattr(inner(model), "config", None), "_attn_implementation", None)
-    return takes_4d_mask(model) and implementation == "sdpa"
 
 
 def segment_kwargs(model, batch) -> dict:

@@ -2,6 +2,7 @@
 
 plain_weights(model)   # may a step run several forwards before its backward?
 takes_4d_mask(model)   # may a batch be laid out packed (data/layout.py)?
+attends_per_view(model)   # ... and its attention run per continuation (models/attention.py)?
 sharded(model)         # FSDP: are the weights DTensor shards?
 """
 
@@ -42,3 +43,10 @@ def takes_4d_mask(model) -> bool:
     base = inner(model)
     implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
     return implementation in MASKABLE and not prompt_learning(model)[0]
+
+
+def attends_per_view(model) -> bool:
+    """Whether a packed batch's attention may run per continuation (models/attention.py): SDPA attention
+    (eager attention takes the 4-D mask as it is)."""
+    implementation = getattr(getattr(inner(model), "config", None), "_attn_implementation", None)
+    return takes_4d_mask(model) and implementation == "sdpa"

@@ -30,8 +30,7 @@ from tunelab.data.render import RenderOptions, prompt_text
 from tunelab.losses import policy as P
 from tunelab.models import precision
 from tunelab.models.adapters import lora_merged
-from tunelab.models.attention import attends_per_view
-from tunelab.models.capability import takes_4d_mask
+from tunelab.models.capability import attends_per_view, takes_4d_mask
 from tunelab.models.forward import layout_logprobs, logprobs_of
 from tunelab.models.generation import cache_works, decode_dropping_finished, drops_finished_rows, left_padded
 from tunelab.rl.algos import ALGOS

@@ -24,8 +24,7 @@ from tunelab.data.read import read_dataset
 from tunelab.data.render import Tokenized, render_answer
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import DPO_LOSSES
-from tunelab.models.attention import attends_per_view
-from tunelab.models.capability import inner, takes_4d_mask
+from tunelab.models.capability import attends_per_view, inner, takes_4d_mask
 from tunelab.models.forward import sequence_logprobs
 from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
 from tunelab.train.loop import train

@@ -25,8 +25,7 @@ from tunelab.data.read import read_dataset
 from tunelab.errors import TunelabError
 from tunelab.losses.preference import bradley_terry_loss
 from tunelab.models import rm_gate
-from tunelab.models.attention import attends_per_view
-from tunelab.models.capability import takes_4d_mask
+from tunelab.models.capability import attends_per_view, takes_4d_mask
 from tunelab.models.reward import layout_rewards
 from tunelab.stages.common import in_precision, prepare_model, render_options, split_holdout
 from tunelab.train.dist import main_process
