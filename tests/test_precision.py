@@ -199,6 +199,48 @@ def test_forwards_after_merged_decoding_see_the_weights_as_they_are_now(one_thre
     assert torch.equal(after, policy) and torch.equal(after_base, base)
 
 
+def _packing_runs() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@pytest.mark.skipif(not _packing_runs(), reason="oneDNN has no bf16 kernel on this CPU")
+def test_prepacked_decoding_gives_autocasts_products_and_leaves_the_model_as_it_was(one_thread):
+    """Merged LoRA, then prepacked weights: logits within bf16 rounding of autocast's, the same greedy
+    tokens, and every Linear back to its own forward afterwards (also inside a nested region)."""
+    from tunelab.models.adapters import lora_merged
+    from tunelab.models.generation import decode_dropping_finished, left_padded
+
+    model, tok = _lora_with_a_real_update()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    ids = torch.randint(3, 60, (3, 9))
+    enc = left_padded(tok, ["one two", "three four five six"])
+    with precision.using(precision.resolve("bf16", "cpu")), torch.no_grad(), precision.compute():
+        with lora_merged(model):
+            plain = model(input_ids=ids).logits
+            plain_tokens = decode_dropping_finished(model, enc, 6, {10_000}, tok.pad_token_id)[0]
+            with precision.linears_prepacked(model):
+                assert all("forward" in vars(m) for m in linears)
+                with precision.linears_prepacked(model):  # nested: packs nothing more, undoes nothing
+                    pass
+                assert all("forward" in vars(m) for m in linears)
+                packed = model(input_ids=ids).logits
+                packed_tokens = decode_dropping_finished(model, enc, 6, {10_000}, tok.pad_token_id)[0]
+    assert packed.dtype == plain.dtype
+    assert (packed.float() - plain.float()).abs().max() <= 0.02 * plain.float().abs().max()
+    assert torch.equal(packed_tokens, plain_tokens)
+    assert not any("forward" in vars(m) for m in linears)
+
+
+@pytest.mark.parametrize("case", ["fp32", "grad"])
+def test_prepacking_is_left_out_where_it_would_change_the_result(case, one_thread):
+    """fp32 computes in fp32 (a bf16 copy would round), and a packed weight has no backward."""
+    model, _ = _lora_with_a_real_update()
+    grad = torch.enable_grad() if case == "grad" else torch.no_grad()
+    with precision.using(precision.resolve("fp32" if case == "fp32" else "bf16", "cpu")), grad:
+        with precision.linears_prepacked(model):
+            assert not any("forward" in vars(m) for m in model.modules())
+
+
 def test_a_bf16_rollout_scores_the_reference_with_the_adapter_off(one_thread):
     """The rollout's reference log-probs under bf16 are the adapter-off model's, computed fresh."""
     from tunelab.config import load_config

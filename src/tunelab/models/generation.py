@@ -215,6 +215,7 @@ def complete(
         lora_merged(model),
         precision.compute(),
         precision.weights_cast_once(model),
+        precision.linears_prepacked(model),
     ):
         if seed is not None:
             torch.manual_seed(seed)

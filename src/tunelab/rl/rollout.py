@@ -218,7 +218,11 @@ class RolloutSource:
         enc = left_padded(tok, texts).to(self.policy.device)  # one row per prompt
         temperature = cfg.rollout.temperature
         synced = self.dist.sharded and self.dist.world > 1  # FSDP: every rank runs every forward
-        with torch.random.fork_rng(devices=[]), lora_merged(self.policy):
+        with (
+            torch.random.fork_rng(devices=[]),
+            lora_merged(self.policy),
+            precision.linears_prepacked(self.policy),
+        ):
             torch.manual_seed(seed)
             if not cfg.rollout.stop and not synced and drops_finished_rows(self.policy):
                 # each prompt's forward is run once for its G completions, and completions that stopped
