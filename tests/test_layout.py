@@ -9,7 +9,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.data.layout import IGNORE, Segment, lay_out, pair_segment
-from tunelab.models.attention import segment_kwargs
+from tunelab.models.attention import segment_kwargs, view_mask
 from tunelab.models.capability import attends_per_view
 from tunelab.stages.common import prepare_model
 
@@ -171,6 +171,16 @@ def test_a_packed_layout_shares_prompts_caps_rows_and_continues_positions():
     assert padded.target_seq.tolist() == batch.target_seq.tolist()
 
 
+def test_long_segments_get_rows_of_their_own_as_a_masked_rows_attention_grows_with_it():
+    # costs in positions (layout._masked_cost, MASKED_EVEN = 600): two segments of 300 and 290 in one row
+    # of 590: 590 x (1 + 590/600) = 1170; in two rows of 300: 600 x (1 + 300/600) = 900 -> two rows
+    long = [Segment([1] * 100, [[2] * 200]), Segment([3] * 90, [[4] * 200])]
+    assert lay_out(long, pad_id=0, packed=True, max_len=1024).input_ids.shape == (2, 300)
+    # 10 and 9: one row of 19 (19.6) beats two of 10 (20.3): attention is cheap in short rows
+    short = [Segment([1] * 4, [[2] * 6]), Segment([3] * 3, [[4] * 6])]
+    assert lay_out(short, pad_id=0, packed=True, max_len=1024).input_ids.shape == (1, 19)
+
+
 def test_a_preference_pair_shares_its_prompt_up_to_the_first_label():
     seg = pair_segment([1, 2, 3, 4], [1, 2, 5], [IGNORE, IGNORE, 3, 4], [IGNORE, IGNORE, IGNORE])
     assert seg.prompt == [1, 2] and seg.continuations == [[3, 4], [5]]
@@ -181,11 +191,19 @@ def test_views_let_rows_grow_long_when_that_saves_padding():
     segments = [Segment([1, 2, 3], [[4, 5], [6]]), Segment([7], [[8, 9, 10]])]
     batch = lay_out(segments, pad_id=0, packed=True, max_len=8, views=True)
     # short rows take 2 x 6 positions, one long row 10: one row, and attention per view. Each
-    # continuation's view is its prompt's positions, then its own, right-padded with position 0 (lengths
-    # 5, 4, 4: one bucket); every position's output is read from one slot of it (a prompt's: the first view)
+    # continuation's keys are its prompt's positions, then its own, right-padded with position 0. A
+    # segment's first view asks for all of them (keys 5 and 4: one bucket, queries = keys); the second
+    # continuation of segment 0 asks only for its own token at position 5, which sees 3 prompt keys + itself
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
-    assert [v.tolist() for v in batch.views] == [[[0, 1, 2, 3, 4], [0, 1, 2, 5, 0], [6, 7, 8, 9, 0]]]
-    assert batch.home.tolist() == [0, 1, 2, 3, 4, 8, 10, 11, 12, 13]
+    first, later = batch.views
+    assert first.keys.tolist() == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 0]]
+    assert first.queries.tolist() == first.keys.tolist() and first.skip.tolist() == [0, 0]
+    assert later.keys.tolist() == [[0, 1, 2, 5]] and later.queries.tolist() == [[5]]
+    assert later.skip.tolist() == [3]
+    assert view_mask(first) is None  # causal
+    assert view_mask(later).tolist() == [[[[True, True, True, True]]]]
+    # every position's output is read from one query slot (slots: bucket 0's 2 x 5, then bucket 1's 1)
+    assert batch.home.tolist() == [0, 1, 2, 3, 4, 10, 5, 6, 7, 8]
     assert batch.attention_mask.shape == (1, 1, 10, 10)  # the mask stays: eager attention runs it
     group = lay_out([Segment([1, 2, 3], [[4, 5], [6, 7]])], pad_id=0, packed=True, views=True)
     assert group.views is None  # one row either way: nothing to save, the mask runs
@@ -194,10 +212,16 @@ def test_views_let_rows_grow_long_when_that_saves_padding():
 def test_views_of_very_different_lengths_go_to_separate_buckets():
     segments = [Segment([1], [[2] * 9, [3]]), Segment([], [[4] * 8])]
     batch = lay_out(segments, pad_id=0, packed=True, max_len=None, views=True)
-    assert [tuple(v.shape) for v in batch.views] == [(2, 10), (1, 2)]  # lengths 10, 8 | 2
+    # keys (queries): 10 (10), 8 (8) asking for all their keys | 2 (1) asking for its continuation's only
+    shapes = [(tuple(b.keys.shape), tuple(b.queries.shape)) for b in batch.views]
+    assert shapes == [((2, 10), (2, 10)), ((1, 2), (1, 1))]
+    segments = [Segment([1], [[2] * 9, [3]]), Segment([5], [[4] * 8, [6] * 7])]
+    batch = lay_out(segments, pad_id=0, packed=True, max_len=None, views=True)
+    shapes = [(tuple(b.keys.shape), tuple(b.queries.shape)) for b in batch.views]
+    assert shapes == [((2, 10), (2, 10)), ((1, 8), (1, 7)), ((1, 2), (1, 1))]
     flat = batch.input_ids.flatten()
-    for v in batch.views:  # each view starts at a real token: its prompt, or its continuation
-        assert bool((flat[v[:, 0]] != 0).all())
+    for b in batch.views:  # each view starts at a real token: its prompt, or its continuation
+        assert bool((flat[b.keys[:, 0]] != 0).all()) and bool((flat[b.queries[:, 0]] != 0).all())
 
 
 @pytest.mark.parametrize("stage", ["rm", "dpo", "rl"])
@@ -206,6 +230,7 @@ def test_attention_per_view_is_the_masked_attention(stage, one_thread):
     model, loss_fn, batch, values_fn = CASES[stage](True)
     layout = getattr(batch, "seqs", batch)
     assert layout.views is not None
+    assert any(bool(b.skip.any()) for b in layout.views)  # views that ask for their continuation only
     with torch.no_grad():
         per_view = values_fn(model, batch)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -11,16 +11,18 @@ batch (`last`, sums of log-probs, rewards) is in that order.
 
 *Padded*: one row per continuation, `prompt + continuation`, right-padded; a 2-D attention mask.
 *Packed*: segments end to end in rows of at most `max_len` positions (a segment longer than that gets a
-row of its own; rows are capped at the longest segment instead when that takes fewer positions), each
+row of its own; rows are capped at the longest segment instead when that costs less), each
 prompt once, followed by its continuations; a 4-D mask (R, 1, T, T) lets a token
 see the earlier tokens of its own prompt and its own continuation only, and position ids continue each
 prompt into each of its continuations. Every token then has exactly the keys and positions it has in
 its padded row, so the two layouts give the same log-probs, rewards and gradients up to float
 rounding (tests/test_layout.py checks 1e-5 for every stage). The last prompt token predicts the first
 token of every continuation: its logits are computed once and read G times. With `views=True` (the model
-runs SDPA), a packed batch may also list each continuation's *view* (its prompt's positions, then its
-own): its attention then runs per view (models/attention.py), rows may be long, and padding leaves the
-linear layers; that is taken only where it saves a tenth of the positions.
+runs SDPA), a packed batch may also list each continuation's *view* (keys: its prompt's positions, then
+its own; queries: all of them for a segment's first continuation, its own for the others): its
+attention then runs per view (models/attention.py), rows may be long, and padding leaves the linear
+layers; that is taken only where it saves a tenth of the positions. Without views, rows are chosen by
+what they cost with their mask, attention included (`_masked_cost`).
 
 Targets are listed explicitly rather than as shifted labels, since one position may predict several
 targets: target k is token `target_ids[k]`, predicted by the logits at flat position `source[k]` of the
@@ -47,6 +49,20 @@ class Segment:
 
 
 @dataclass
+class ViewBucket:
+    """Views of similar size, for one attention call (models/attention.py). A view is a continuation's
+    keys, its prompt's positions then its own, and its queries: the first continuation of a segment
+    asks for all of them (its prompt's outputs are read from it), every other one for its own only."""
+
+    keys: Tensor  # (V, Lk) flat (R, T) positions of each view's keys, right-padded with position 0
+    queries: Tensor  # (V, Lq) flat positions of its queries, the last Lq_v of its keys, right-padded
+    skip: Tensor  # (V,) keys before a view's first query: query i sees keys 0 .. skip + i
+
+    def to(self, device) -> ViewBucket:
+        return ViewBucket(self.keys.to(device), self.queries.to(device), self.skip.to(device))
+
+
+@dataclass
 class Layout:
     input_ids: Tensor  # (R, T) token ids, pad id where there is no token
     attention_mask: Tensor  # padded: (R, T) 1 on tokens; packed: (R, 1, T, T) bool, query row sees key column
@@ -59,9 +75,9 @@ class Layout:
     packed: bool
     n_tokens: int = 0  # positions that hold a token (a packed prompt counts once)
     # packed only, for attention per continuation (models/attention.py): each continuation's view is its
-    # prompt's positions then its own, as flat (R, T) indices, in buckets of similar length
-    views: list[Tensor] | None = None  # per bucket (V_b, L_b), right-padded
-    home: Tensor | None = None  # (R * T,) the slot (buckets' slots end to end) each position is read from
+    # prompt's positions then its own, as flat (R, T) indices, in buckets of similar size
+    views: list[ViewBucket] | None = None
+    home: Tensor | None = None  # (R * T,) the query slot (buckets' end to end) each position is read from
 
     @property
     def n_targets(self) -> int:
@@ -71,7 +87,7 @@ class Layout:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         moved = {k: v.to(device) for k, v in moved.items() if isinstance(v, Tensor)}
         if self.views is not None:
-            moved["views"] = [v.to(device) for v in self.views]
+            moved["views"] = [bucket.to(device) for bucket in self.views]
         return replace(self, **moved)
 
 
@@ -109,14 +125,26 @@ def _positions(segments: list[Segment], rows: list[list[int]]) -> int:
     return len(rows) * max(sum(length[i] for i in row) for row in rows)
 
 
-def _cheapest_rows(segments: list[Segment], max_len: int | None) -> list[list[int]]:
-    """Rows capped at the longest segment or at `max_len`, whichever holds the batch in fewer positions
-    (rows x longest row; ties: the shorter rows). Capped at the longest segment, packing never makes a
-    row longer than padding would (the attention is dense over a row); a larger cap fills rows with
-    many short segments."""
+MASKED_EVEN = 600  # row length at which a masked row's attention costs as much again as its other work
+
+
+def _masked_cost(segments: list[Segment], rows: list[list[int]]) -> float:
+    """What a batch of these rows costs with its mask, in positions: every layer's per-position work
+    (rows x the longest row) plus dense attention, which grows with the row. The attention kernels
+    compute every query against every key of a row, masked or not; at MASKED_EVEN positions that
+    doubles a position's cost (SmolLM2 + LoRA in bf16 on a CPU: an RL step's two segments in one row of
+    430 took 2.51 s for its forwards and backward, in two rows of 238 2.24 s; docs/decisions.md)."""
+    longest = _positions(segments, rows) / len(rows)
+    return _positions(segments, rows) * (1 + longest / MASKED_EVEN)
+
+
+def _candidate_rows(segments: list[Segment], max_len: int | None) -> list[list[list[int]]]:
+    """Rows capped at the longest segment, and at `max_len` when that is longer. Capped at the longest
+    segment, packing never makes a row longer than padding would; a larger cap fills rows with many
+    short segments."""
     length = [len(seg.prompt) + sum(len(c) for c in seg.continuations) for seg in segments]
     caps = sorted({max(length), *([max_len] if max_len is not None and max_len > max(length) else [])})
-    return min((_rows(segments, cap) for cap in caps), key=lambda rows: _positions(segments, rows))
+    return [_rows(segments, cap) for cap in caps]
 
 
 VIEW_ROWS = 4096  # row length allowed when attention runs per view: a (T, T) mask of 16 MB of booleans
@@ -134,10 +162,12 @@ def lay_out(
     batch of ragged pairs), else the short rows run their mask (one row already, as an RL group)."""
     if not packed:
         return _padded(segments, pad_id)
-    rows = _cheapest_rows(segments, max_len)
-    if views:
+    candidates = _candidate_rows(segments, max_len)
+    rows = min(candidates, key=lambda rows: _masked_cost(segments, rows))  # ties: the shorter rows
+    if views:  # against the fewest positions: an RL group's many short views cost more than its mask
         long_rows = _rows(segments, max(VIEW_ROWS, max_len or 0))
-        views = _positions(segments, long_rows) <= VIEWS_SAVE * _positions(segments, rows)
+        fewest = min(_positions(segments, rows) for rows in candidates)
+        views = _positions(segments, long_rows) <= VIEWS_SAVE * fewest
         rows = long_rows if views else rows
     return _packed(segments, pad_id, rows, views)
 
@@ -194,6 +224,7 @@ def _packed(segments: list[Segment], pad_id: int, rows: list[list[int]], views: 
     at_target = [torch.zeros(0, dtype=torch.long)] * S  # ... and its targets' own positions
     last = [0] * S
     view_of = [torch.zeros(0, dtype=torch.long)] * S  # per continuation: its view's flat positions
+    skip = [0] * S  # per continuation: its view's keys that are not its queries (a later one's prompt)
     for r, row in enumerate(rows):
         at = 0
         for i in row:
@@ -209,6 +240,7 @@ def _packed(segments: list[Segment], pad_id: int, rows: list[list[int]], views: 
             for c, tokens in enumerate(seg.continuations):
                 s, n = first_seq[i] + c, len(tokens)
                 view_of[s] = torch.cat([prompt_at, torch.arange(r * T + at, r * T + at + n)])
+                skip[s] = P if c > 0 else 0
                 input_ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
                 position_ids[r, at : at + n] = torch.arange(P, P + n)
                 seg_of[r, at : at + n] = i
@@ -224,7 +256,7 @@ def _packed(segments: list[Segment], pad_id: int, rows: list[list[int]], views: 
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     mask = same_seg & key_ok & causal & real[:, None, :] & real[:, :, None]
     mask |= torch.eye(T, dtype=torch.bool)[None] & ~real[:, :, None]  # padding sees itself: no empty row
-    views, home = _views(view_of, R * T) if views else (None, None)
+    views, home = _views(view_of, skip, R * T) if views else (None, None)
     return Layout(
         input_ids,
         mask[:, None],
@@ -241,33 +273,47 @@ def _packed(segments: list[Segment], pad_id: int, rows: list[list[int]], views: 
     )
 
 
-BUCKET_SHRINK = 0.8  # a view shorter than this share of its bucket's longest starts a new bucket
+BUCKET_SHRINK = (
+    0.8  # a view with fewer keys or queries than this share of its bucket's first starts a new one
+)
 
 
-def _views(view_of: list[Tensor], n_positions: int) -> tuple[list[Tensor], Tensor]:
-    """Each continuation's view (its prompt's flat positions, then its own) in buckets of similar length:
-    per bucket (V_b, L_b), right-padded with position 0 (a padded slot comes after every real one, so
-    causal attention never shows it to a real token); and (n_positions,) the slot, in the buckets' slots
-    laid end to end, each grid position's output is read from: a prompt's from its segment's first view."""
-    order = sorted(range(len(view_of)), key=lambda v: -len(view_of[v]))  # longest first
+def _views(view_of: list[Tensor], skip: list[int], n_positions: int) -> tuple[list[ViewBucket], Tensor]:
+    """Each continuation's view (its prompt's flat positions, then its own; `skip`: how many of them are
+    not its queries) in buckets of similar size, right-padded with position 0 (a padded key comes after
+    every real one, so no real query sees it); and (n_positions,) the query slot, in the buckets' laid
+    end to end, each grid position's output is read from: a prompt's from its segment's first view.
+    Views that ask for all their keys and views that ask for their continuation's only are bucketed
+    apart: mixed, the short queries would be padded to the long ones."""
+    n_keys = [len(v) for v in view_of]
+    n_queries = [n - k for n, k in zip(n_keys, skip, strict=True)]
+    order = sorted(range(len(view_of)), key=lambda v: (skip[v] > 0, -n_keys[v], -n_queries[v]))
     buckets: list[list[int]] = []
     for v in order:
-        if not buckets or len(view_of[v]) < BUCKET_SHRINK * len(view_of[buckets[-1][0]]):
+        first = buckets[-1][0] if buckets else None
+        if (
+            first is None
+            or (skip[v] > 0) != (skip[first] > 0)
+            or n_keys[v] < BUCKET_SHRINK * n_keys[first]
+            or n_queries[v] < BUCKET_SHRINK * max(n_queries[u] for u in buckets[-1])
+        ):
             buckets.append([])
         buckets[-1].append(v)
-    gathers, start, offset = [], {}, 0
+    made, start, offset = [], {}, 0
     for bucket in buckets:
-        L = len(view_of[bucket[0]])
-        gather = torch.zeros(len(bucket), L, dtype=torch.long)
+        Lk, Lq = max(n_keys[v] for v in bucket), max(n_queries[v] for v in bucket)
+        keys = torch.zeros(len(bucket), Lk, dtype=torch.long)
+        queries = torch.zeros(len(bucket), Lq, dtype=torch.long)
         for j, v in enumerate(bucket):
-            gather[j, : len(view_of[v])] = view_of[v]
-            start[v] = offset + j * L
-        gathers.append(gather)
-        offset += len(bucket) * L
+            keys[j, : n_keys[v]] = view_of[v]
+            queries[j, : n_queries[v]] = view_of[v][skip[v] :]
+            start[v] = offset + j * Lq
+        made.append(ViewBucket(keys, queries, torch.tensor([skip[v] for v in bucket], dtype=torch.long)))
+        offset += len(bucket) * Lq
     home = torch.zeros(n_positions, dtype=torch.long)  # padding: any slot (nothing reads it)
-    for v in reversed(range(len(view_of))):  # a shared prompt: the first continuation's view, written last
-        home[view_of[v]] = start[v] + torch.arange(len(view_of[v]))
-    return gathers, home
+    for v in range(len(view_of)):
+        home[view_of[v][skip[v] :]] = start[v] + torch.arange(n_queries[v])
+    return made, home
 
 
 def shared_prefix(a: list[int], b: list[int], stop: int | None = None) -> int:

@@ -6,16 +6,19 @@ A packed row holds segments (a prompt and its continuations), and its 4-D mask l
 own prompt and its own continuation only. SDPA given that mask still computes every query against every
 key of the row, and its cost grows with the row: rows are then kept short, and short rows of ragged
 segments are padding in every linear layer (a reward-model batch of 8 pairs: 8 rows of 410 positions
-for 2,520 tokens). Here every continuation is a *view*: its prompt's positions followed by its own,
-gathered from the rows into a short causal sequence. Views of similar length go into one SDPA call
-(`is_causal`, no mask), and each position's output is read back from the one view that holds it (a
-prompt's from its first continuation's view). A token sees exactly the keys its mask allows, at the
-same positions, so the result is the masked attention's up to float rounding (tests/test_layout.py).
-Rows can then be long: the linear layers run once per token with little padding, a shared
-prompt is projected once, and only its attention is repeated per view. The layout takes views only
-where the long rows save positions (data/layout.py `lay_out`): on a CPU, many short views cost more than
-one masked row of an RL group. Measured on SmolLM2 + LoRA in bf16, the reward-model benchmark went from
-0.908 to 1.11 pairs/s (docs/decisions.md, "Reward-model and GRPO speed").
+for 2,520 tokens). Here every continuation is a *view*: its keys are its prompt's positions followed by
+its own, gathered from the rows into a short sequence. A segment's first view asks for all of them as
+queries (causal attention, no mask: the prompt's outputs are read from it); every later view asks for
+its own tokens only, each seeing the whole prompt and its own tokens so far (`view_mask`), so a prompt
+shared by G continuations is attended from once, not G times. Views of similar size go into one SDPA
+call, and each position's output is read back from the one query slot that holds it. A token sees
+exactly the keys its mask allows, at the same positions, so the result is the masked attention's up
+to float rounding (tests/test_layout.py). Rows can then be long: the linear layers run once per token
+with little padding, and a shared prompt is projected once. The layout takes views only where the
+long rows save positions (data/layout.py `lay_out`): on a CPU, many short views cost more than the
+masked rows of an RL group. Measured on SmolLM2 + LoRA in bf16, the reward-model benchmark went from
+0.908 to 1.11 pairs/s with views, and a step took 7% less again once later views stopped repeating
+their prompt's queries (docs/decisions.md, "Reward-model and GRPO speed").
 
 The views travel as a forward keyword (transformers passes unknown keywords down to the attention
 function); the function registered here as "sdpa" runs them when they are there and is transformers'
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tunelab.data.layout import ViewBucket
 from tunelab.models.capability import attends_per_view
 
 KEYWORD = "segment_views"  # the forward keyword the views travel under
@@ -36,21 +40,32 @@ KEYWORD = "segment_views"  # the forward keyword the views travel under
 
 @dataclass
 class SegmentViews:
-    buckets: list[Tensor]  # per bucket (V_b, L_b): flat (R, T) positions of each view, right-padded
-    home: Tensor  # (R * T,) the slot, in the buckets' slots laid end to end, holding each position's output
+    buckets: list[ViewBucket]  # views of similar size (data/layout.py): keys, queries, skipped keys
+    home: Tensor  # (R * T,) the query slot, in the buckets' laid end to end, holding each position's output
 
-    def gather(self, x: Tensor, bucket: Tensor) -> Tensor:
-        """(R, h, T, D) heads per row -> (V_b, h, L_b, D) heads per view."""
+    @staticmethod
+    def gather(x: Tensor, index: Tensor) -> Tensor:
+        """(R, h, T, D) heads per row -> (V, h, L, D) heads at the flat positions `index` (V, L)."""
         R, h, T, D = x.shape
         flat = x.transpose(1, 2).reshape(R * T, h, D)
-        V, L = bucket.shape
-        return flat.index_select(0, bucket.flatten()).view(V, L, h, D).transpose(1, 2)
+        V, L = index.shape
+        return flat.index_select(0, index.flatten()).view(V, L, h, D).transpose(1, 2)
 
     def scatter(self, outs: list[Tensor], R: int, T: int) -> Tensor:
-        """Per bucket (V_b, L_b, H, D) attention outputs -> (R, T, H, D) per row."""
+        """Per bucket (V_b, Lq_b, H, D) attention outputs -> (R, T, H, D) per row."""
         H, D = outs[0].shape[-2:]
-        flat = torch.cat([o.reshape(-1, H, D) for o in outs])  # (sum V_b L_b, H, D)
+        flat = torch.cat([o.reshape(-1, H, D) for o in outs])  # (sum V_b Lq_b, H, D)
         return flat.index_select(0, self.home).view(R, T, H, D)
+
+
+def view_mask(bucket: ViewBucket) -> Tensor | None:
+    """(V, 1, Lq, Lk) query i of a view sees its keys 0 .. skip + i (its prompt, its own tokens so far);
+    None when every view asks for all its keys: plain causal attention."""
+    Lq, Lk = bucket.queries.shape[1], bucket.keys.shape[1]
+    if Lq == Lk and not bool(bucket.skip.any()):
+        return None
+    seen = bucket.skip[:, None, None] + torch.arange(Lq, device=bucket.skip.device)[None, :, None]
+    return (torch.arange(Lk, device=seen.device)[None, None, :] <= seen)[:, None]
 
 
 def one_query_gqa(
@@ -92,9 +107,11 @@ def segment_attention(module, query, key, value, attention_mask, segment_views=N
     kwargs.pop("is_causal", None)
     outs = []
     for bucket in segment_views.buckets:
-        q, k, v = (segment_views.gather(x, bucket) for x in (query, key, value))  # (V_b, h, L_b, D)
-        out, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=True, **kwargs)  # (V_b, L_b, H, D)
-        outs.append(out)
+        q = segment_views.gather(query, bucket.queries)  # (V_b, H, Lq_b, D)
+        k, v = (segment_views.gather(x, bucket.keys) for x in (key, value))  # (V_b, Hkv, Lk_b, D)
+        mask = view_mask(bucket)
+        out, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kwargs)
+        outs.append(out)  # (V_b, Lq_b, H, D)
     return segment_views.scatter(outs, R, T), None
 
 
