@@ -290,3 +290,31 @@ def test_an_on_policy_bf16_rollout_leaves_the_old_log_probs_to_the_loss_forward(
             losses[old] = (float(loss), metrics["sampler_logp_mismatch"], metrics["tis_weight"])
     assert losses["as made"] == pytest.approx(losses["recomputed"], rel=1e-5, abs=1e-6)
     assert losses["as made"][1] > 0  # bf16 decoding and the trainer's forward differ in rounding
+
+
+def test_checkpoints_keep_the_fp16_gradient_scaler(tmp_path):
+    """fp16 resumes with the loss scale it had, not the initial one (fp16 trains on CUDA only; the
+    scaler and the checkpoint do not need it)."""
+    from tunelab.config.schema import GuardSection
+    from tunelab.train.dist import SINGLE
+    from tunelab.train.guard import Guard
+    from tunelab.train.lifecycle import Checkpoints, LoopState
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = list(model.parameters())
+
+    def checkpoints(scaler):
+        return Checkpoints(tmp_path, model, optimizer, SINGLE, None, Guard(GuardSection()), 2, params, scaler)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1)
+    for _ in range(3):  # every finite step doubles the scale (growth_interval 1): 2^12 -> 2^15
+        scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    checkpoints(scaler).save(LoopState(step=3))
+    saved = json.loads((tmp_path / "checkpoints" / "step-3" / "state.json").read_text())
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1)
+    checkpoints(fresh).restore_scaler(LoopState(**saved))
+    assert fresh.get_scale() == scaler.get_scale() == 2.0**15

@@ -48,13 +48,23 @@ class LoopState:
     evals_without_gain: int = 0
     elapsed_s: float = 0.0
     guard: dict = field(default_factory=dict)
+    scaler: dict = field(default_factory=dict)  # fp16: the gradient scaler's scale and growth tracker
 
 
 class Checkpoints:
     """The run folder's checkpoints for one run: resume from the newest, save, roll back."""
 
     def __init__(
-        self, run_dir: Path, model, optimizer, dist: Dist, batches, guard: Guard, keep_last: int, params: list
+        self,
+        run_dir: Path,
+        model,
+        optimizer,
+        dist: Dist,
+        batches,
+        guard: Guard,
+        keep_last: int,
+        params: list,
+        scaler: torch.amp.GradScaler | None = None,
     ):
         self.run_dir, self.root = run_dir, run_dir / "checkpoints"
         self.params = params  # the trainable ones: no checkpoint is written from non-finite weights
@@ -67,6 +77,7 @@ class Checkpoints:
             guard,
         )
         self.keep_last = keep_last
+        self.scaler = scaler  # fp16's: its loss scale resumes where it was, or the next steps would overflow
         self.source_file = "source.pt" if dist.rank == 0 else f"source-{dist.rank}.pt"
         self.saved_step: int | None = None  # a checkpoint holds this step already
 
@@ -80,6 +91,7 @@ class Checkpoints:
         if resume_from is not None:
             state = LoopState(**ckpt.load(resume_from, self.model, self.optimizer, self.dist))
             self.guard.load_state_dict(state.guard)
+            self.restore_scaler(state)
             if (resume_from / self.source_file).is_file() and hasattr(self.batches, "load_state_dict"):
                 self.batches.load_state_dict(torch.load(resume_from / self.source_file, weights_only=False))
             console.out(f"resuming from {resume_from} (step {state.step} of {total})")  # no markup in paths
@@ -108,6 +120,7 @@ class Checkpoints:
                 )
             return
         state.guard = self.guard.state_dict()
+        state.scaler = self.scaler.state_dict() if self.scaler is not None else {}
         batches = self.batches
         extra = {self.source_file: batches.state_dict()} if hasattr(batches, "state_dict") else None
         folder = self.root / f"step-{state.step}"
@@ -116,6 +129,11 @@ class Checkpoints:
         self.saved_step = state.step
         if self.dist.is_main:
             ckpt.prune(self.root, self.keep_last)
+
+    def restore_scaler(self, state: LoopState) -> None:
+        """The gradient scaler as the checkpoint left it (a checkpoint without one: as it starts)."""
+        if self.scaler is not None and state.scaler:
+            self.scaler.load_state_dict(state.scaler)
 
     def roll_back(self, state: LoopState, lr_factor: float, console) -> None:
         """Back to the newest checkpoint with a lower lr; without one, keep the weights (bad updates were

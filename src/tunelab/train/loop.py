@@ -149,7 +149,7 @@ def _train(
     guard = Guard(tc.guard)
     undo = guarding.StepUndo(params, optimizer, enabled=dist.mode != "deepspeed")
     scaler = torch.amp.GradScaler(dist.device.type) if precision.current().name == "fp16" else None
-    run = Checkpoints(run_dir, unwrapped, optimizer, dist, batches, guard, tc.keep_last, params)
+    run = Checkpoints(run_dir, unwrapped, optimizer, dist, batches, guard, tc.keep_last, params, scaler)
     state = run.resume(cfg, stage, total, console)
     if run.nothing_to_do:
         return run_dir
