@@ -231,6 +231,18 @@ def test_prepacked_decoding_gives_autocasts_products_and_leaves_the_model_as_it_
     assert not any("forward" in vars(m) for m in linears)
 
 
+@pytest.mark.skipif(not _packing_runs(), reason="oneDNN has no bf16 kernel on this CPU")
+def test_merging_lora_under_packed_weights_is_refused(one_thread):
+    """Packed first, merged after: the packed copies would decode without the adapter, silently."""
+    from tunelab.models.adapters import lora_merged
+
+    model, _ = _lora_with_a_real_update()
+    with precision.using(precision.resolve("bf16", "cpu")), torch.no_grad():
+        with precision.linears_prepacked(model), pytest.raises(RuntimeError, match="packed copies"):
+            with lora_merged(model):
+                pass
+
+
 @pytest.mark.parametrize("case", ["fp32", "grad"])
 def test_prepacking_is_left_out_where_it_would_change_the_result(case, one_thread):
     """fp32 computes in fp32 (a bf16 copy would round), and a packed weight has no backward."""

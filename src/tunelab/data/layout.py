@@ -148,7 +148,9 @@ def _candidate_rows(segments: list[Segment], max_len: int | None) -> list[list[l
 
 
 VIEW_ROWS = 4096  # row length allowed when attention runs per view: a (T, T) mask of 16 MB of booleans
-VIEWS_SAVE = 0.9  # views are used when their long rows take at most this share of the short rows' positions
+VIEWS_SAVE = (
+    0.9  # views are used when their long rows take at most this share of the fewest short-row positions
+)
 
 
 def lay_out(
@@ -159,7 +161,7 @@ def lay_out(
     `views`: the model can run a packed batch's attention per continuation (models/attention.py), whose
     cost does not grow with the row. The rows may then be up to VIEW_ROWS long, which leaves less padding
     in every linear layer; they are, with views, when that saves at least a tenth of the positions (a
-    batch of ragged pairs), else the short rows run their mask (one row already, as an RL group)."""
+    batch of ragged pairs), else the short rows run their mask (an RL step's groups, a row each)."""
     if not packed:
         return _padded(segments, pad_id)
     candidates = _candidate_rows(segments, max_len)
