@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 from conftest import write_jsonl
+from helpers.zygote import SLOW_STEP
 from test_resume import PROMPTS, final_weights
 from test_train import PAIRS
 
@@ -236,9 +237,12 @@ def test_ctrl_c_saves_and_exits_0_and_a_second_ctrl_c_exits_at_once(tmp_path, zy
     assert (run / "checkpoints" / saved / "state.json").is_file() and not (run / "final").exists()
 
     log = tmp_path / "second.log"
-    child = zygote.start(argv, log, slow_steps=2.0)  # resumes; each step now lasts 2 s
-    row = f'{{"step": {step + 1},'  # (a substring: the row may be half-written when we look)
-    wait_for(lambda: row in (run / "metrics.jsonl").read_text(), "a step after the resume")  # handler set
+    child = zygote.start(argv, log, slow_steps=5.0)  # resumes; each step now waits 5 s before its row
+    # Both Ctrl-Cs land inside one step's wait. (Sent after a step's row instead, the first could land
+    # after the loop's last look at it within that step: the run would stop there, before a second.)
+    wait_for(
+        lambda: log.is_file() and SLOW_STEP in log.read_text(), "a step after the resume"
+    )  # the handler is set
     os.kill(child.pid, signal.SIGINT)
     wait_for(lambda: "press Ctrl-C again" in log.read_text(), "the first Ctrl-C's message")
     os.kill(child.pid, signal.SIGINT)  # while the step still runs

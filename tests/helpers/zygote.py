@@ -88,7 +88,8 @@ class Zygote:
         """Fork `tunelab ARGV` (output to `log`). `kill_in_save=N`: SIGKILL it halfway through writing
         checkpoint step-N (its weights file written, the rest not). `kill_at_step=N`: SIGKILL it right after
         optimizer step N. `slow_steps=S`: each optimizer step
-        takes S seconds longer (time to send a second Ctrl-C while the first is being handled)."""
+        takes S seconds longer (time to send a second Ctrl-C while the first is being handled); the log
+        gets the line SLOW_STEP as each wait begins."""
         request = {
             "argv": argv,
             "log": str(log),
@@ -188,6 +189,9 @@ def _die_while_saving(step: int) -> None:
     checkpoint.save_file = write_then_die
 
 
+SLOW_STEP = "(test) this optimizer step now waits"
+
+
 def _slow_steps(seconds: float) -> None:
     from tunelab.train import loop
 
@@ -195,6 +199,7 @@ def _slow_steps(seconds: float) -> None:
 
     def release_then_wait():
         release()
+        print(SLOW_STEP, file=sys.stderr, flush=True)  # the test sees the child is inside a step's wait
         time.sleep(seconds)
 
     loop.release_freed_memory = release_then_wait
