@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import write_jsonl
 from safetensors.torch import load_file
+from test_layout import CASES, _train_mode, loss_grads_values
 from test_pinned import COMMON, STAGES
 
-from tunelab.models import precision
+from tunelab.models import matmul_attention, precision
 
 
 def first_rows(cli, tmp_path, stage, name, *extra, steps=1):
@@ -39,13 +40,33 @@ def test_bf16_first_step_matches_fp32(stage, tmp_path, cli, one_thread):
     (fp32,), _ = first_rows(cli, tmp_path, stage, "fp32", "train.precision=fp32")
     (bf16,), out = first_rows(cli, tmp_path, stage, "bf16", "train.precision=bf16")
     assert close(bf16["loss"], fp32["loss"]), (bf16["loss"], fp32["loss"])
-    assert close(bf16["grad_norm"], fp32["grad_norm"]), (bf16["grad_norm"], fp32["grad_norm"])
+    if stage != "rl":  # RL's gradient is over the completions it sampled, and a bf16 sampler draws others
+        assert close(bf16["grad_norm"], fp32["grad_norm"]), (bf16["grad_norm"], fp32["grad_norm"])
     # bf16 did compute: the numbers are not fp32's to the last bit
     assert (bf16["loss"], bf16["grad_norm"]) != (fp32["loss"], fp32["grad_norm"])
     assert "precision: bf16\n" in (out / "config.yaml").read_text()
     if stage == "rl":  # the trainer's log-probs are the old ones; the bf16 sampler's are weighed and logged
         assert bf16["sampler_logp_mismatch"] > 0 and 0 < bf16["tis_weight"] <= 2.0
         assert "sampler_logp_mismatch" not in fp32
+
+
+@pytest.mark.parametrize("stage", sorted(CASES))
+def test_bf16_on_the_same_batch_gives_fp32s_loss_and_gradients(stage, monkeypatch, one_thread):
+    """Every stage's packed batch (tests/test_layout.py; RL's completions fixed): the loss as close() says,
+    and the gradient within 10% of fp32's (measured 3-4.5% on the tiny model, with CPU flash attention
+    or the matrix products alike). bf16 attention runs as matrix products (models/matmul_attention.py)."""
+    attended = []
+    attend = matmul_attention.attend
+    monkeypatch.setattr(matmul_attention, "attend", lambda *a: attended.append(1) or attend(*a))
+    results = {}
+    for name in ("fp32", "bf16"):
+        model, loss_fn, batch, values_fn = _train_mode(CASES[stage](True))
+        with precision.using(precision.Precision(name)), precision.compute():
+            results[name] = loss_grads_values(model, loss_fn, batch, values_fn)
+        assert bool(attended) == (name == "bf16")
+    (loss, _, grads), (want_loss, _, want_grads) = results["bf16"], results["fp32"]
+    assert close(float(loss), float(want_loss)), (float(loss), float(want_loss))
+    assert (grads - want_grads).norm() <= 0.1 * want_grads.norm()
 
 
 def test_bf16_learns_as_fp32_does(tmp_path, cli, one_thread):

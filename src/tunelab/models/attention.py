@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.layout import ViewBucket
+from tunelab.models import matmul_attention
 from tunelab.models.capability import attends_per_view
 
 KEYWORD = "segment_views"  # the forward keyword the views travel under
@@ -102,17 +103,38 @@ def segment_attention(module, query, key, value, attention_mask, segment_views=N
     if segment_views is None:
         if _decoding_gqa(query, key, attention_mask, kwargs):
             return one_query_gqa(query, key, value, attention_mask, kwargs.get("scaling")), None
+        if _masked_rows(attention_mask, query, key) and matmul_attention.applies(query, key, kwargs):
+            allowed = attention_mask[:, :, :, : key.shape[2]]
+            return matmul_attention.attend(query, key, value, allowed, kwargs.get("scaling")), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     R, _, T, _ = query.shape
     kwargs.pop("is_causal", None)
+    if matmul_attention.bf16_on_cpu(query):  # as autocast would cast them for SDPA; the gathers move half
+        query, key, value = (x.to(torch.bfloat16) for x in (query, key, value))
     outs = []
     for bucket in segment_views.buckets:
         q = segment_views.gather(query, bucket.queries)  # (V_b, H, Lq_b, D)
         k, v = (segment_views.gather(x, bucket.keys) for x in (key, value))  # (V_b, Hkv, Lk_b, D)
         mask = view_mask(bucket)
-        out, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kwargs)
+        if matmul_attention.applies(q, k, kwargs):
+            out = matmul_attention.attend(q, k, v, mask, kwargs.get("scaling"))
+        else:
+            out, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kwargs)
         outs.append(out)  # (V_b, Lq_b, H, D)
     return segment_views.scatter(outs, R, T), None
+
+
+def _masked_rows(attention_mask, query: Tensor, key: Tensor) -> bool:
+    """A packed (or padded) batch's boolean (B or 1, 1, Lq, >= Lk) mask, as `matmul_attention` takes it."""
+    return (
+        isinstance(attention_mask, Tensor)
+        and attention_mask.dtype == torch.bool
+        and attention_mask.dim() == 4
+        and attention_mask.shape[0] in (1, query.shape[0])
+        and attention_mask.shape[1] == 1
+        and attention_mask.shape[2] == query.shape[2]
+        and attention_mask.shape[3] >= key.shape[2]
+    )
 
 
 _installed = False
