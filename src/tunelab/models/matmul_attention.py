@@ -11,7 +11,7 @@ views of 189 positions took 24-26 ms there and 7-9 ms as the products below; one
 batched product per key/value head, masked, soft-maxed, and multiplied by the values; the backward is
 written out (dV = Pᵀ dO, dP = dO Vᵀ, dS = softmax'(dP), dQ = dS K, dK = dSᵀ Q), so nothing is recomputed.
 The price is the probabilities kept for the backward, (B, H, Lq, Lk) in bf16: `applies` takes calls
-of at most MAX_SCORES of them (32 MB; a reward-model step of 16 views keeps ~0.5 GB over 30 layers).
+of at most MAX_SCORES of them (32 MB); the benchmark's reward-model step peaked at 4.13 GB instead of 3.92.
 
 The numbers are those of eager attention under autocast: scores and probabilities rounded to bf16,
 the softmax and its backward computed in fp32 within their kernels. In fp32 the products were not
