@@ -104,13 +104,10 @@ def segment_attention(module, query, key, value, attention_mask, segment_views=N
         if _decoding_gqa(query, key, attention_mask, kwargs):
             return one_query_gqa(query, key, value, attention_mask, kwargs.get("scaling")), None
         if _masked_rows(attention_mask, query, key) and matmul_attention.applies(query, key, kwargs):
-            allowed = attention_mask[:, :, :, : key.shape[2]]
-            return matmul_attention.attend(query, key, value, allowed, kwargs.get("scaling")), None
+            return matmul_attention.attend(query, key, value, attention_mask, kwargs.get("scaling")), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     R, _, T, _ = query.shape
     kwargs.pop("is_causal", None)
-    if matmul_attention.bf16_on_cpu(query):  # as autocast would cast them for SDPA; the gathers move half
-        query, key, value = (x.to(torch.bfloat16) for x in (query, key, value))
     outs = []
     for bucket in segment_views.buckets:
         q = segment_views.gather(query, bucket.queries)  # (V_b, H, Lq_b, D)
@@ -125,7 +122,8 @@ def segment_attention(module, query, key, value, attention_mask, segment_views=N
 
 
 def _masked_rows(attention_mask, query: Tensor, key: Tensor) -> bool:
-    """A packed (or padded) batch's boolean (B or 1, 1, Lq, >= Lk) mask, as `matmul_attention` takes it."""
+    """A packed (or padded) batch's boolean (B or 1, 1, Lq, Lk) mask, as `matmul_attention` takes it (one
+    of another shape goes to SDPA, which says what is wrong with it)."""
     return (
         isinstance(attention_mask, Tensor)
         and attention_mask.dtype == torch.bool
@@ -133,7 +131,7 @@ def _masked_rows(attention_mask, query: Tensor, key: Tensor) -> bool:
         and attention_mask.shape[0] in (1, query.shape[0])
         and attention_mask.shape[1] == 1
         and attention_mask.shape[2] == query.shape[2]
-        and attention_mask.shape[3] >= key.shape[2]
+        and attention_mask.shape[3] == key.shape[2]
     )
 
 

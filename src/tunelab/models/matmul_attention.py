@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 MAX_SCORES = 1 << 24  # attention probabilities one call may keep for its backward (B * H * Lq * Lk)
 
@@ -48,9 +49,9 @@ def applies(query: Tensor, key: Tensor, kwargs: dict) -> bool:
 
 
 def attend(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scale: float | None) -> Tensor:
-    """(B, H, Lq, D) queries, (B, Hkv, Lk, D) keys and values; `allowed` (B or 1, 1, Lq, Lk) booleans
-    (True: the query sees the key), or None for causal attention (Lq == Lk). Returns (B, Lq, H, D) in
-    bf16, as transformers' attention functions return it. A query that sees no key gets the mean of the
+    """(B, H, Lq, D) queries, (B, Hkv, Lk, D) keys, (B, Hkv, Lk, Dv) values; `allowed` (B or 1, 1, Lq, Lk)
+    booleans (True: the query sees the key), or None for causal attention (Lq == Lk). Returns
+    (B, Lq, H, Dv) in bf16, as transformers' attention functions return it. A query that sees no key gets the mean of the
     values (a padding position: nothing reads it), not NaN."""
     B, H, Lq, D = query.shape
     if allowed is None:
@@ -60,7 +61,7 @@ def attend(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, sc
     q, k, v = (x.to(torch.bfloat16).contiguous() for x in (query, key, value))
     with torch.autocast("cpu", enabled=False):
         out = _MatmulAttention.apply(q, k, v, allowed, D**-0.5 if scale is None else scale)
-    return out.view(B, H, Lq, D).transpose(1, 2)
+    return out.view(B, H, Lq, v.shape[-1]).transpose(1, 2)  # values may have their own head size
 
 
 class _MatmulAttention(torch.autograd.Function):
@@ -79,14 +80,15 @@ class _MatmulAttention(torch.autograd.Function):
         probs = torch.softmax(scores, dim=-1)  # fp32 inside the kernel, rounded to bf16
         ctx.save_for_backward(grouped, k, v, probs)
         ctx.scale, ctx.query_shape = scale, q.shape
-        return torch.matmul(probs, v)  # (B, Hkv, G * Lq, D) = (B, H, Lq, D) in memory
+        return torch.matmul(probs, v)  # (B, Hkv, G * Lq, Dv) = (B, H, Lq, Dv) in memory
 
     @staticmethod
+    @once_differentiable  # the products below are not themselves differentiated (no double backward)
     def backward(ctx, grad_out: Tensor):
         grouped, k, v, probs = ctx.saved_tensors
-        B, Hkv, GLq, D = grouped.shape
-        grad = grad_out.to(torch.bfloat16).reshape(B, Hkv, GLq, D)
-        grad_v = torch.matmul(probs.transpose(-1, -2), grad)  # (B, Hkv, Lk, D)
+        B, Hkv, GLq, _ = grouped.shape
+        grad = grad_out.to(torch.bfloat16).reshape(B, Hkv, GLq, v.shape[-1])
+        grad_v = torch.matmul(probs.transpose(-1, -2), grad)  # (B, Hkv, Lk, Dv)
         grad_probs = torch.matmul(grad, v.transpose(-1, -2))  # (B, Hkv, G * Lq, Lk)
         grad_scores = torch.ops.aten._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
         grad_scores.mul_(ctx.scale)  # masked scores get no gradient: their probabilities are 0
