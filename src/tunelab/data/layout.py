@@ -148,9 +148,7 @@ def _candidate_rows(segments: list[Segment], max_len: int | None) -> list[list[l
 
 
 VIEW_ROWS = 4096  # row length allowed when attention runs per view: a (T, T) mask of 16 MB of booleans
-VIEWS_SAVE = (
-    0.9  # views are used when their long rows take at most this share of the fewest short-row positions
-)
+VIEWS_SAVE = 0.9  # views when their long rows take at most this share of the fewest short-row positions
 
 
 def lay_out(

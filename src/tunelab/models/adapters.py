@@ -162,9 +162,8 @@ def lora_merged(model):
         and not any(m.lora_bias.values())
         and type(m.get_base_layer().weight).__name__ != "DTensor"
     ]
-    if any(
-        "forward" in vars(m.get_base_layer()) for m in layers
-    ):  # precision.linears_prepacked, entered first
+    packed = any("forward" in vars(m.get_base_layer()) for m in layers)  # precision.linears_prepacked
+    if packed:
         raise RuntimeError("lora_merged inside linears_prepacked: the packed copies would not see the merge")
     with torch.no_grad():
         saved = [m.get_base_layer().weight.detach().clone() for m in layers]

@@ -88,9 +88,7 @@ def _decoding_gqa(query: Tensor, key: Tensor, attention_mask, kwargs: dict) -> b
     """Whether `one_query_gqa` applies: one query per row, fewer key/value heads than query heads, a CPU
     (CUDA kernels take GQA as it is), a mask shared by the heads and nothing else in the scores."""
     shared_mask = attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1)
-    plain = (
-        not kwargs.get("dropout") and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-    )
+    plain = matmul_attention.plain_scores(kwargs)
     gqa = query.shape[1] > key.shape[1] and query.shape[1] % key.shape[1] == 0
     return query.shape[2] == 1 and gqa and query.device.type == "cpu" and shared_mask and plain
 

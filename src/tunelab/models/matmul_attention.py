@@ -35,24 +35,29 @@ def bf16_on_cpu(query: Tensor) -> bool:
     return query.dtype == torch.bfloat16 or autocast
 
 
+def plain_scores(kwargs: dict) -> bool:
+    """Whether an attention call's scores are q·k scaled and masked, nothing more: no dropout, soft cap,
+    position bias or sinks (what transformers passes its attention functions as keywords)."""
+    extras = ("softcap", "position_bias", "s_aux", "sinks")
+    return not kwargs.get("dropout") and all(kwargs.get(name) is None for name in extras)
+
+
 def applies(query: Tensor, key: Tensor, kwargs: dict) -> bool:
     """Whether `attend` runs this call: bf16 on a CPU, several queries per row (not a decoding step),
     query heads a multiple of the key/value heads, nothing else in the scores (dropout, a soft cap, a
     bias, sinks), and at most MAX_SCORES probabilities."""
-    plain = not kwargs.get("dropout") and all(
-        kwargs.get(name) is None for name in ("softcap", "position_bias", "s_aux", "sinks")
-    )
     B, H, Lq, _ = query.shape
     Hkv, Lk = key.shape[1], key.shape[2]
     grouped = H % Hkv == 0
-    return plain and grouped and Lq > 1 and B * H * Lq * Lk <= MAX_SCORES and bf16_on_cpu(query)
+    fits = B * H * Lq * Lk <= MAX_SCORES
+    return plain_scores(kwargs) and grouped and Lq > 1 and fits and bf16_on_cpu(query)
 
 
 def attend(query: Tensor, key: Tensor, value: Tensor, allowed: Tensor | None, scale: float | None) -> Tensor:
     """(B, H, Lq, D) queries, (B, Hkv, Lk, D) keys, (B, Hkv, Lk, Dv) values; `allowed` (B or 1, 1, Lq, Lk)
     booleans (True: the query sees the key), or None for causal attention (Lq == Lk). Returns
-    (B, Lq, H, Dv) in bf16, as transformers' attention functions return it. A query that sees no key gets the mean of the
-    values (a padding position: nothing reads it), not NaN."""
+    (B, Lq, H, Dv) in bf16, as transformers' attention functions return it. A query that sees no key
+    gets the mean of the values (a padding position: nothing reads it), not NaN."""
     B, H, Lq, D = query.shape
     if allowed is None:
         if Lq != key.shape[2]:
