@@ -70,6 +70,9 @@ TUNELAB_SFT = ["data.group_by_length=true"]
 
 
 QUICK_STEPS, FULL_STEPS, WARMUP = 1, 2, 1  # measured steps of a side (--quick / full) and its warm-up steps
+# A GRPO step's time follows its longest sampled completion, so steps differ by what was drawn (3.4-5.1 s
+# in one run): its median takes 4 measured steps (2 gave 2.81x and 3.01x on the same code)
+GRPO_STEPS = 4
 # a full gen side's work over a --quick one's: 4x the prompts, 2x the new tokens (an upper bound)
 GEN_SCALE = 8.0
 
@@ -121,7 +124,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
                 "GRPO LoRA, 2 prompts x 8 completions, <= 32 new tokens",
                 "grpo",
                 ["tunelab", "trl"],
-                steps,
+                ["--steps", str(QUICK_STEPS if quick else GRPO_STEPS), "--warmup", str(WARMUP)],
                 unit="s/step",
                 higher_is_better=False,
                 goal=3.0,
@@ -281,14 +284,14 @@ def side_args(work: Workload, v: Variant, with_key: bool) -> list[str]:
     return args
 
 
-def full_seconds(run: Run, full: Variant, scale: float) -> float:
+def full_seconds(run: Run, full: Variant, scale: float, steps: int = FULL_STEPS) -> float:
     """How long `run` (a --quick side) would take in the full run: its start-up as measured, its work scaled
     (training: the full run's warm-up + measured steps at its median step; generation: `scale` x the batch)."""
     r = run.result
     if "step_s" in r and isinstance(r["step_s"], list) and r["step_s"]:
         step = statistics.median(r["step_s"])
         done = step * (WARMUP + QUICK_STEPS)
-        todo = step * ((0 if full.short else WARMUP) + FULL_STEPS)
+        todo = step * ((0 if full.short else WARMUP) + steps)
     else:
         done = r["seconds"]
         todo = done * scale
@@ -305,7 +308,9 @@ def estimate(work: Workload, runs: list[Run], auto: dict, peaks: dict) -> dict:
         if quick is not None:
             share = work.shorter.get(v.side, ([], 1.0, ""))[1] if v.short else 1.0
             scale = GEN_SCALE * share if work.module == "gen" else 1.0
-            per_side[f"{v.side} {v.label}"] = full_seconds(quick, v, scale)
+            per_side[f"{v.side} {v.label}"] = full_seconds(
+                quick, v, scale, GRPO_STEPS if work.name == "grpo" else FULL_STEPS
+            )
     return {"seconds": seconds + sum(per_side.values()), "per_side_s": per_side}
 
 

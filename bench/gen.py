@@ -17,7 +17,7 @@ import hashlib
 import time
 
 from bench.data import eval_prompts
-from bench.harness import Shape, emit
+from bench.harness import Shape, emit, peer_attention, peer_model
 
 
 def parse(argv=None):
@@ -50,7 +50,8 @@ def main(argv=None) -> None:
 
     a = parse(argv)
     precision, why = resolve(a)
-    model, tok = load_model("smollm2-135m")
+    # the HF sides run transformers as it comes (peer_model); tunelab its own loader and attention
+    model, tok = load_model("smollm2-135m") if a.side == "tunelab" else peer_model()
     if precision == "bf16":
         model = model.to(torch.bfloat16)
     elif precision != "fp32":
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
             "prompts": len(texts),
             "precision": precision,
             "precision_why": why,
+            "attention": peer_attention(),
         }
     )
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.data import rl_prompts, write_jsonl
-from bench.harness import StepTimer, emit, resolved_precision, trl_setting
+from bench.harness import StepTimer, emit, peer_attention, peer_model, resolved_precision, trl_setting
 from bench.sft import LORA, TARGETS, add_precision, precision_overrides, trl_bf16
 
 INSTRUCTION = "Answer with the number only."  # configs/rl.yaml's data.instruction
@@ -84,10 +84,9 @@ def trl_side(a) -> dict:
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from tunelab.models.load import load_model
     from tunelab.rl.rewards import build_reward
 
-    model, tok = load_model("smollm2-135m")
+    model, tok = peer_model()
     reward = build_reward("number")
     lengths = []
 
@@ -147,6 +146,7 @@ def trl_side(a) -> dict:
         "completion_len": statistics.mean(lengths[16 * a.warmup :]) if lengths else None,
         "settings": " ".join(f"{k}={v}" for k, v in settings.items()),
         "precision": "bf16" if args.bf16 else "fp32",
+        "attention": peer_attention(),
     }
 
 

@@ -335,7 +335,9 @@ def summarise(
             }
         fastest = pick(mine, key=lambda label: mine[label]["figure"])
         best = mine[fastest]
+        ran = {d.get("attention") for entry in mine.values() for d in entry["detail"]} - {None}
         sides[side] = {
+            "attention": ", ".join(sorted(ran)) or None,  # a peer's: transformers' own SDPA (peer_model)
             "fastest": fastest,
             "precision": best["computes"],
             "figure": best["figure"],
@@ -392,6 +394,13 @@ def _mfu(x: float | None) -> str:
     return "–" if x is None else f"{fmt(100 * x, 2)}%"
 
 
+def _attention(side: dict) -> str:
+    """Which attention a peer ran: results before 2026-12-06 do not say (their peers ran tunelab's)."""
+    return {"stock": " (stock SDPA)", "tunelab": " (tunelab's attention)"}.get(
+        side.get("attention") or "", ""
+    )
+
+
 def table(summaries: list[dict]) -> str:
     """Markdown: one row per (workload, other side), each side at its fastest precision."""
     lines = [
@@ -412,7 +421,7 @@ def table(summaries: list[dict]) -> str:
             mine, theirs = me.get("fastest", "fp32"), other.get("fastest", "fp32")
             lines.append(
                 f"| {s['title']} | {fmt(me['figure'])} {s['unit']}, {mine} | "
-                f"{fmt(other['figure'])} {s['unit']}, {theirs} | {other_name} | {speed} | "
+                f"{fmt(other['figure'])} {s['unit']}, {theirs} | {other_name}{_attention(other)} | {speed} | "
                 f"{me['peak_rss_mb'] / 1024:.2f} / {other['peak_rss_mb'] / 1024:.2f} GB | "
                 f"{_mfu(me['mfu'])} / {_mfu(other['mfu'])} | {_peaks(s)} |"
             )
@@ -442,6 +451,32 @@ def median_rate(units: list[float], seconds: list[float]) -> float:
 
 
 # ---- TRL side ----------------------------------------------------------------------------------------
+def peer_model(head: str = "lm"):
+    """(SmolLM2, tokenizer) for a peer side (TRL, HF generate), running as that peer's users run it.
+
+    tunelab's loader finds the embedded weights (the GGUF converted once into a safetensors folder), but
+    it also registers tunelab's attention as transformers' "sdpa" (models/attention.py: bf16 masked rows
+    as matrix products, CPU decoding's GQA as one query per head), which made TRL's padded bf16 batches
+    and HF generate faster than stock (TRL's reward model: 0.749 -> 0.92 pairs/s). transformers' own
+    SDPA goes back in its place here, and `attention` says which one the side ran."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tunelab.models.load import load_model
+
+    model, tok = load_model("smollm2-135m", head=head)
+    AttentionInterface.register("sdpa", sdpa_attention_forward)
+    return model, tok
+
+
+def peer_attention() -> str:
+    """Which function transformers runs as "sdpa" in this process: 'stock' or tunelab's."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return "stock" if AttentionInterface._global_mapping["sdpa"] is sdpa_attention_forward else "tunelab"
+
+
 def trl_setting(pairs: list[str]) -> dict:
     """key=value strings -> SFTConfig keyword arguments (true/false/ints understood)."""
     out = {}

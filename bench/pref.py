@@ -26,6 +26,8 @@ from bench.harness import (
     count_inputs,
     emit,
     median_rate,
+    peer_attention,
+    peer_model,
     resolved_precision,
     trl_setting,
 )
@@ -128,7 +130,6 @@ def trl_side(a) -> dict:
 
     from tunelab.config import load_config
     from tunelab.config.schema import RMConfig
-    from tunelab.models.load import load_model
     from tunelab.stages import rm
 
     rows = rows_for(a)
@@ -148,7 +149,7 @@ def trl_side(a) -> dict:
     if a.task == "rm":
         from trl import RewardConfig, RewardTrainer
 
-        model, tok = load_model("smollm2-135m", head="reward")
+        model, tok = peer_model(head="reward")
         pairs, _ = rm.render_pairs(rows, tok, load_config(RMConfig, None, ["train.max_len=512"]))
         dataset = Dataset.from_list([{"chosen_ids": p.chosen, "rejected_ids": p.rejected} for p in pairs])
         peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="SEQ_CLS")
@@ -162,7 +163,7 @@ def trl_side(a) -> dict:
     else:
         from trl import DPOConfig, DPOTrainer
 
-        model, tok = load_model("smollm2-135m")
+        model, tok = peer_model()
         dataset = Dataset.from_list(
             [
                 {
@@ -192,7 +193,7 @@ def trl_side(a) -> dict:
         trainer.train()
     text = " ".join(f"{k}={v}" for k, v in settings.items())
     out = result(a, shape, timer.seconds[a.warmup :], seen[a.warmup :], text)
-    return {**out, "precision": "bf16" if common["bf16"] else "fp32"}
+    return {**out, "precision": "bf16" if common["bf16"] else "fp32", "attention": peer_attention()}
 
 
 def main(argv=None) -> None:

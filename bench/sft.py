@@ -26,6 +26,8 @@ from bench.harness import (
     count_inputs,
     emit,
     median_rate,
+    peer_attention,
+    peer_model,
     resolved_precision,
     trl_setting,
 )
@@ -168,10 +170,9 @@ def trl_side(a) -> dict:
 
     from tunelab.config import load_config
     from tunelab.config.schema import SFTConfig as TLConfig
-    from tunelab.models.load import load_model
     from tunelab.stages.common import render_rows
 
-    model, tok = load_model("smollm2-135m")
+    model, tok = peer_model()
     cfg = load_config(TLConfig, None, [f"train.max_len={max(1024, a.seq + 64)}"])
     items, _ = render_rows(make_rows(a), tok, cfg)
     dataset = Dataset.from_list([{"input_ids": it.input_ids, "labels": it.labels} for it in items])
@@ -218,6 +219,7 @@ def trl_side(a) -> dict:
         "flops_per_s": sum(flops) / sum(seconds),
         "settings": " ".join(f"{k}={v}" for k, v in settings.items()),
         "precision": "bf16" if args.bf16 else "fp32",
+        "attention": peer_attention(),
         "threads": torch.get_num_threads(),
     }
 

@@ -253,6 +253,22 @@ def test_prepacked_decoding_gives_autocasts_products_and_leaves_the_model_as_it_
 
 
 @pytest.mark.skipif(not _packing_runs(), reason="oneDNN has no bf16 kernel on this CPU")
+def test_only_the_linears_that_run_are_packed(one_thread):
+    """A merged LoRA's A and B never run while decoding: they are never reordered (the base layers are)."""
+    from tunelab.models.adapters import lora_merged
+
+    model, _ = _lora_with_a_real_update()
+    lora = [m for name, m in model.named_modules() if type(m) is torch.nn.Linear and ".lora_" in name]
+    base = [m for name, m in model.named_modules() if name.endswith("base_layer")]
+    assert lora and base
+    with precision.using(precision.resolve("bf16", "cpu")), torch.no_grad(), precision.compute():
+        with lora_merged(model), precision.linears_prepacked(model):
+            model(input_ids=torch.randint(3, 60, (2, 5)))
+            assert all(vars(m)["forward"].packed is None for m in lora)
+            assert all(vars(m)["forward"].packed is not None for m in base)
+
+
+@pytest.mark.skipif(not _packing_runs(), reason="oneDNN has no bf16 kernel on this CPU")
 def test_merging_lora_under_packed_weights_is_refused(one_thread):
     """Packed first, merged after: the packed copies would decode without the adapter, silently."""
     from tunelab.models.adapters import lora_merged

@@ -46,6 +46,75 @@ def logprobs_of(
     return logp, entropy_of(logp_all) if entropy else None
 
 
+ROW_CHUNK_ELEMENTS = 1 << 21  # fp32 elements of logits a chunk of rows converts at once (8 MB)
+
+
+class _TargetLogprobs(torch.autograd.Function):
+    """log softmax(logits / t) at K (row, target) pairs of (N, V) logits, in fp32, with the entropy of each
+    row's distribution (a statistic, no gradient), computed a chunk of rows at a time.
+
+    The plain way converts the logits to fp32 and keeps their (N, V) log-softmax for backward, which then
+    makes two more (N, V) fp32 tensors: on SmolLM2's 49k vocabulary, ~330 kept positions are 65 MB each,
+    written, read and page-faulted on every step. Here only the logits themselves (already there, bf16
+    under autocast) are kept with one log-sum-exp per row, and backward writes the logits' gradient
+    directly, chunk by chunk: d logp_k / d z[n, v] = [n = row_k] ([v = target_k] - p[n, v]) / t, the
+    target's 1 added in fp32 before the cast, so a confident token's 1 - p keeps its digits. Equal to
+    `log_softmax(logits.float() / t)[row, target]` within fp32 rounding, forward and backward
+    (tests/test_forward.py)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, row: Tensor, target: Tensor, temperature: float, with_entropy: bool):
+        N, V = logits.shape
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)  # (N,)
+        entropy = torch.empty(N, dtype=torch.float32, device=logits.device) if with_entropy else None
+        for s in range(0, N, _chunk_rows(V)):
+            z = _scaled(logits[s : s + _chunk_rows(V)], temperature)  # (c, V) fp32
+            lse[s : s + len(z)] = torch.logsumexp(z, dim=-1)
+            if with_entropy:  # H = lse - sum p z
+                p = (z - lse[s : s + len(z), None]).exp_()
+                entropy[s : s + len(z)] = lse[s : s + len(z)] - (p * z).sum(dim=-1)
+        logp = _scaled(logits[row, target], temperature) - lse[row]  # (K,)
+        ctx.save_for_backward(logits, row, target, lse)
+        ctx.temperature = temperature
+        entropy = entropy[row] if with_entropy else lse.new_zeros(0)  # (K,): a statistic
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_entropy):
+        logits, row, target, lse = ctx.saved_tensors
+        t = ctx.temperature
+        N, V = logits.shape
+        grad = grad.float()
+        per_row = torch.zeros(N, dtype=torch.float32, device=grad.device).index_add_(0, row, grad)  # (N,)
+        out = torch.empty_like(logits)
+        for s in range(0, N, _chunk_rows(V)):
+            e = min(N, s + _chunk_rows(V))
+            g = (_scaled(logits[s:e], t) - lse[s:e, None]).exp_().mul_(-per_row[s:e, None])  # -g p
+            mine = (row >= s) & (row < e)
+            g.index_put_((row[mine] - s, target[mine]), grad[mine], accumulate=True)  # + g at the target
+            out[s:e] = g.div_(t) if t != 1.0 else g
+        return out, None, None, None, None
+
+
+def _chunk_rows(V: int) -> int:
+    return max(1, ROW_CHUNK_ELEMENTS // V)
+
+
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    z = logits.float()
+    return z / temperature if temperature != 1.0 else z
+
+
+def target_logprobs(
+    logits: Tensor, row: Tensor, target: Tensor, temperature: float = 1.0, entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """(K,) log softmax(logits / temperature)[row, target] in fp32 from (N, V) logits, and with `entropy`
+    the entropy (K,) of each target's distribution (no gradient), else None (`_TargetLogprobs`)."""
+    logp, ent = _TargetLogprobs.apply(logits, row, target, temperature, entropy)
+    return logp, ent if entropy else None
+
+
 def _kept_logits(model, batch: Layout, hidden: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Logits (N, V) at the positions that predict a target, each position once (a shared prompt's last
     predicts G targets), in position order; the row of (N, V) each target is predicted by (K,), in target
@@ -104,11 +173,9 @@ def layout_logprobs(
     (K,) when one is given (PPO), else None.
 
     Logits are divided by the sampling temperature, so these are the log-probs of the distribution the
-    tokens were drawn from. Log-softmax runs once per kept position, not once per target."""
-    logits, row, states = _kept_logits(model, batch, hidden=value_head is not None)
-    logp_all = log_softmax(logits, temperature)  # (N, V) fp32
-    logp = logp_all[row, batch.target_ids]  # (K,)
-    ent = entropy_of(logp_all)[row] if entropy else None
+    tokens were drawn from. The log-sum-exp runs once per kept position, not once per target."""
+    logits, row, states = _kept_logits(model, batch, hidden=value_head is not None)  # (N, V), (K,)
+    logp, ent = target_logprobs(logits, row, batch.target_ids, temperature, entropy)  # (K,) fp32
     values = None
     if value_head is not None:
         values = value_head(states.to(value_head.weight.dtype)).squeeze(-1).float()

@@ -121,9 +121,12 @@ def linears_prepacked(model) -> Iterator[None]:
     matmul spends much of its time reordering the weight, so the prepacked kernel is 1.4-1.8x faster
     (docs/decisions.md, "Decoding from prepacked weights"). The input is cast to bf16 as autocast
     casts it, and the output is bf16 as autocast's linear gives it; the products agree within bf16
-    rounding (tests/test_precision.py). Pack after merging an adapter (`lora_merged`): the copy is
-    of the weights as they are on entry. Nested calls pack once. A no-op for fp32 weights under
-    fp32, for fp16, CUDA, FSDP, under autograd, and where oneDNN has no bf16 kernel."""
+    rounding (tests/test_precision.py). Each Linear packs at its first call in the region, so one that
+    never runs costs nothing: a merged LoRA's A and B (240 small weights on SmolLM2, ~160 µs each to
+    reorder, 38 ms a rollout). Pack after merging an adapter (`lora_merged`): the copy is of the
+    weights as they are at that first call, and the region's forwards must not change them. Nested
+    calls pack once. A no-op for fp32 weights under fp32, for fp16, CUDA, FSDP, under autograd, and
+    where oneDNN has no bf16 kernel."""
     autocast_bf16 = current().name == "bf16" and current().device_type == "cpu"
     linears = [
         m
@@ -135,10 +138,8 @@ def linears_prepacked(model) -> Iterator[None]:
     if not linears or not _prepacks(model):
         yield
         return
-    for m in linears:  # packed on every entry: a weight may have changed since (an update, a merge)
-        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach().to(torch.bfloat16))
-        bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
-        m.forward = _PackedLinear(packed, bias)
+    for m in linears:  # packed anew in every region: a weight may have changed since (an update, a merge)
+        m.forward = _PackedLinear(m)
     try:
         yield
     finally:
@@ -147,12 +148,19 @@ def linears_prepacked(model) -> Iterator[None]:
 
 
 class _PackedLinear:
-    """A Linear's forward from its prepacked bf16 weight: (..., in) -> (..., out) in bf16."""
+    """A Linear's forward from its prepacked bf16 weight, packed at the first call: (..., in) -> (..., out)
+    in bf16."""
 
-    def __init__(self, packed: torch.Tensor, bias: torch.Tensor | None):
-        self.packed, self.bias = packed, bias
+    def __init__(self, linear: torch.nn.Linear):
+        self.linear = linear
+        self.packed: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            weight, bias = self.linear.weight.detach(), self.linear.bias
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16))
+            self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
         return torch.ops.mkldnn._linear_pointwise(
             x.to(torch.bfloat16), self.packed, self.bias, "none", [], ""
         )
