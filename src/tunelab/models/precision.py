@@ -121,17 +121,19 @@ def linears_prepacked(model) -> Iterator[None]:
     matmul spends much of its time reordering the weight, so the prepacked kernel is 1.4-1.8x faster
     (docs/decisions.md, "Decoding from prepacked weights"). The input is cast to bf16 as autocast
     casts it, and the output is bf16 as autocast's linear gives it; the products agree within bf16
-    rounding (tests/test_precision.py). Each Linear packs at its first call in the region, so one that
-    never runs costs nothing: a merged LoRA's A and B (240 small weights on SmolLM2, ~160 µs each to
-    reorder, 38 ms a rollout). Pack after merging an adapter (`lora_merged`): the copy is of the
-    weights as they are at that first call, and the region's forwards must not change them. Nested
-    calls pack once. A no-op for fp32 weights under fp32, for fp16, CUDA, FSDP, under autograd, and
-    where oneDNN has no bf16 kernel."""
+    rounding (tests/test_precision.py). Pack after merging an adapter (`lora_merged`): the copy is of
+    the weights as they are on entry, and a merged LoRA's A and B, which do not run then, are left
+    alone (240 small weights on SmolLM2, ~160 µs each to reorder: 38 ms a rollout). Packing each Linear
+    at its first call instead also left them alone, but placed the packs among the prefill's
+    activations: generation's peak memory rose ~50 MB. Nested calls pack once. A no-op for fp32
+    weights under fp32, for fp16, CUDA, FSDP, under autograd, and where oneDNN has no bf16 kernel."""
     autocast_bf16 = current().name == "bf16" and current().device_type == "cpu"
+    idle = _merged_adapter_linears(model)
     linears = [
         m
         for m in model.modules()
         if type(m) is torch.nn.Linear
+        and id(m) not in idle
         and "forward" not in vars(m)
         and (autocast_bf16 or m.weight.dtype == torch.bfloat16)  # the Linear computes in bf16
     ]
@@ -147,20 +149,26 @@ def linears_prepacked(model) -> Iterator[None]:
             del m.forward
 
 
+def _merged_adapter_linears(model) -> set[int]:
+    """ids of the Linears a merged PEFT adapter holds (its A and B): a merged layer runs its base only."""
+    return {
+        id(m)
+        for layer in model.modules()
+        if getattr(layer, "merged", False) is True
+        for name in ("lora_A", "lora_B")
+        for m in getattr(layer, name, {}).values()
+    }
+
+
 class _PackedLinear:
-    """A Linear's forward from its prepacked bf16 weight, packed at the first call: (..., in) -> (..., out)
-    in bf16."""
+    """A Linear's forward from its prepacked bf16 weight: (..., in) -> (..., out) in bf16."""
 
     def __init__(self, linear: torch.nn.Linear):
-        self.linear = linear
-        self.packed: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
+        weight, bias = linear.weight.detach(), linear.bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16))
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
-            weight, bias = self.linear.weight.detach(), self.linear.bias
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16))
-            self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
         return torch.ops.mkldnn._linear_pointwise(
             x.to(torch.bfloat16), self.packed, self.bias, "none", [], ""
         )
