@@ -44,6 +44,7 @@ from pathlib import Path
 
 from bench.harness import (
     CHILD_ENV,
+    FULL_STEPS,
     MFU_FORMULA,
     OMP_WAIT,
     RESULTS,
@@ -69,7 +70,7 @@ TRL_SFT_BEST = ["gradient_checkpointing=false", "padding_free=true"]
 TUNELAB_SFT = ["data.group_by_length=true"]
 
 
-QUICK_STEPS, FULL_STEPS, WARMUP = 1, 2, 1  # measured steps of a side (--quick / full) and its warm-up steps
+QUICK_STEPS, WARMUP = 1, 1  # measured steps of a --quick side, and every side's warm-up steps
 # A GRPO step's time follows its longest sampled completion, so steps differ by what was drawn (3.4-5.1 s
 # in one run): its median takes 4 measured steps (2 gave 2.81x and 3.01x on the same code)
 GRPO_STEPS = 4
@@ -78,7 +79,10 @@ GEN_SCALE = 8.0
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
-    steps = ["--steps", str(QUICK_STEPS if quick else FULL_STEPS), "--warmup", str(WARMUP)]
+    def measured(n: int) -> list[str]:
+        return ["--steps", str(QUICK_STEPS if quick else n), "--warmup", str(WARMUP)]
+
+    steps = measured(FULL_STEPS)
     sft = [*steps, "--tl", *TUNELAB_SFT, "--trl", *TRL_SFT_BEST]
     return {
         w.name: w
@@ -124,10 +128,11 @@ def workloads(quick: bool) -> dict[str, Workload]:
                 "GRPO LoRA, 2 prompts x 8 completions, <= 32 new tokens",
                 "grpo",
                 ["tunelab", "trl"],
-                ["--steps", str(QUICK_STEPS if quick else GRPO_STEPS), "--warmup", str(WARMUP)],
+                measured(GRPO_STEPS),
                 unit="s/step",
                 higher_is_better=False,
                 goal=3.0,
+                full_steps=GRPO_STEPS,
             ),
             Workload(
                 "gen",
@@ -284,7 +289,7 @@ def side_args(work: Workload, v: Variant, with_key: bool) -> list[str]:
     return args
 
 
-def full_seconds(run: Run, full: Variant, scale: float, steps: int = FULL_STEPS) -> float:
+def full_seconds(run: Run, full: Variant, scale: float, steps: int) -> float:
     """How long `run` (a --quick side) would take in the full run: its start-up as measured, its work scaled
     (training: the full run's warm-up + measured steps at its median step; generation: `scale` x the batch)."""
     r = run.result
@@ -308,9 +313,7 @@ def estimate(work: Workload, runs: list[Run], auto: dict, peaks: dict) -> dict:
         if quick is not None:
             share = work.shorter.get(v.side, ([], 1.0, ""))[1] if v.short else 1.0
             scale = GEN_SCALE * share if work.module == "gen" else 1.0
-            per_side[f"{v.side} {v.label}"] = full_seconds(
-                quick, v, scale, GRPO_STEPS if work.name == "grpo" else FULL_STEPS
-            )
+            per_side[f"{v.side} {v.label}"] = full_seconds(quick, v, scale, work.full_steps)
     return {"seconds": seconds + sum(per_side.values()), "per_side_s": per_side}
 
 

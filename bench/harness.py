@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+FULL_STEPS = 2  # measured steps of a side in a full run, after its warm-up, unless its workload says more
 
 # Both sides of every comparison run under the same environment, set before torch loads.
 CHILD_ENV = {
@@ -301,6 +302,7 @@ class Workload:
     higher_is_better: bool = True
     goal: float | None = None  # tunelab / other ratio it should reach
     note: str = ""
+    full_steps: int = FULL_STEPS  # measured steps of each side in a full run (after the warm-up)
     # side -> (extra args, its share of the work, why): where bf16 is slow, that side's bf16 run does less
     shorter: dict[str, tuple[list[str], float, str]] = field(default_factory=dict)
 
@@ -471,10 +473,10 @@ def peer_model(head: str = "lm"):
 
 def peer_attention() -> str:
     """Which function transformers runs as "sdpa" in this process: 'stock' or tunelab's."""
-    from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return "stock" if AttentionInterface._global_mapping["sdpa"] is sdpa_attention_forward else "tunelab"
+    return "stock" if ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward else "tunelab"
 
 
 def trl_setting(pairs: list[str]) -> dict:
